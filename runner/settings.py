@@ -1,0 +1,166 @@
+"""Settings: one frozen value, read from the environment only by `Settings.from_env()`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_MODEL", "ENV_PREFIX", "Settings", "auto_concurrency", "auto_cpu_threads"]
+
+ENV_PREFIX = "RUNNER_"
+DEFAULT_MODEL = "tiny.en"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def auto_concurrency(cores: int | None = None) -> int:
+    """Jobs per process when none is configured: one per core, at most eight.
+
+    CTranslate2 replicas share the weights, so a replica per core with one thread each beats
+    fewer replicas with more threads on small models (measured in docs/benchmarks.md). Past eight
+    the decoded audio held per job costs more memory than the extra replicas gain.
+    """
+    return max(1, min(cores or _cores(), 8))
+
+
+def auto_cpu_threads(concurrency: int, cores: int | None = None) -> int:
+    """Threads per CTranslate2 replica: the cores shared out between the concurrent jobs."""
+    return max(1, (cores or _cores()) // max(1, concurrency))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker or producer needs to know. Times are seconds unless named otherwise.
+
+    Each field maps to an environment variable: `RUNNER_` plus the field name in capitals
+    (`lease_seconds` ← `RUNNER_LEASE_SECONDS`). The README's table lists them all.
+    """
+
+    #: Redis URL (`redis://`, `rediss://`, `unix://`). None: an embedded Redis (see `embedded`).
+    redis_url: str | None = None
+    #: Key prefix. The braces make it a Redis Cluster hash tag: all keys in one slot.
+    prefix: str = "{runner}"
+    #: Default model: a name (`tiny.en` is bundled) or a CTranslate2 model directory.
+    model: str = DEFAULT_MODEL
+    #: Further models a job may ask for by name, as `name` or `name=directory`.
+    models: tuple[str, ...] = ()
+    #: `cpu`, `cuda` or `auto`.
+    device: str = "cpu"
+    #: CTranslate2 compute type (`int8`, `float16`, `default`...).
+    compute_type: str = "int8"
+    #: Directories that audio paths must resolve into (after symlinks). Empty: the working dir.
+    audio_roots: tuple[Path, ...] = ()
+    #: Jobs run at once per worker process. 0: automatic (`auto_concurrency`).
+    concurrency: int = 0
+    #: Threads per model replica. 0: automatic (`auto_cpu_threads`).
+    cpu_threads: int = 0
+    #: A pending entry idle this long belongs to a dead or frozen worker and is reclaimed.
+    lease_seconds: float = 60.0
+    #: How often a worker renews the leases of its running jobs.
+    heartbeat_seconds: float = 10.0
+    #: Wall time between checkpoints of a running job.
+    checkpoint_seconds: float = 15.0
+    #: Checkpoint lifetime, refreshed on each write.
+    checkpoint_ttl: int = 86_400
+    #: Deliveries after which an entry is dead-lettered.
+    max_deliveries: int = 5
+    #: Lifetime of a stored result and of a finished job's status.
+    result_ttl: int = 7 * 86_400
+    #: Longest audio accepted, in seconds.
+    max_audio_seconds: float = 3 * 3600.0
+    #: Largest audio file accepted, in bytes.
+    max_audio_bytes: int = 1 << 30
+    #: Largest audio held in a Redis key (`audio_key`), in bytes.
+    max_audio_key_bytes: int = 64 << 20
+    #: How long one XREADGROUP blocks waiting for new entries, in milliseconds.
+    block_ms: int = 2_000
+    #: Approximate cap on the events stream.
+    events_maxlen: int = 100_000
+    #: Time a stopping worker gives running jobs before handing them back.
+    shutdown_grace_seconds: float = 30.0
+    #: Where the embedded Redis keeps its socket and data when no URL is set.
+    state_dir: Path = field(default_factory=lambda: _default_state_dir(os.environ))
+    #: `auto` (console on a terminal, JSON otherwise), `console` or `json`.
+    log_format: str = "auto"
+    #: Log level name.
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name in ("lease_seconds", "heartbeat_seconds", "checkpoint_seconds", "block_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
+        if self.concurrency < 0 or self.cpu_threads < 0:
+            raise ConfigError("concurrency and cpu_threads must be 0 (automatic) or positive")
+        if self.max_deliveries < 1:
+            raise ConfigError(f"{ENV_PREFIX}MAX_DELIVERIES must be at least 1")
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ConfigError(
+                f"{ENV_PREFIX}HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
+                f"{ENV_PREFIX}LEASE_SECONDS ({self.lease_seconds:g}), or live jobs get reclaimed"
+            )
+        if not self.prefix:
+            raise ConfigError(f"{ENV_PREFIX}PREFIX must not be empty")
+
+    @property
+    def effective_concurrency(self) -> int:
+        return self.concurrency or auto_concurrency()
+
+    @property
+    def effective_cpu_threads(self) -> int:
+        return self.cpu_threads or auto_cpu_threads(self.effective_concurrency)
+
+    @property
+    def effective_audio_roots(self) -> tuple[Path, ...]:
+        roots = self.audio_roots or (Path.cwd(),)
+        return tuple(root.resolve() for root in roots)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (command-line flags over the environment)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read `RUNNER_*` variables; unset or empty ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper(), "").strip()
+            if not raw:
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw)
+        if "state_dir" not in values:
+            values["state_dir"] = _default_state_dir(env)
+        return cls(**values)
+
+
+def _default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "runner"
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    var = ENV_PREFIX + name.upper()
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "Path":
+            return Path(raw).expanduser()
+        if type_name == "tuple[Path, ...]":
+            return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p)
+        if type_name == "tuple[str, ...]":
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {type_name}") from None
+    return raw
