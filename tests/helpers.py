@@ -1,0 +1,66 @@
+"""Helpers for running workers inside a test's body (never across a fixture's yield)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+
+from runner.engine import Transcriber
+from runner.settings import Settings
+from runner.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """Run `worker` in the background for the body of the `async with`, then stop it."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        yield worker
+        worker.stop()
+
+
+async def burst(settings: Settings, redis: Redis, transcriber: Transcriber, **kw: Any) -> Worker:
+    """Run a worker in burst mode until the stream is drained; returns it for its counters."""
+    worker = Worker(settings, redis, transcriber, burst=True, **kw)
+    with anyio.fail_after(60):
+        await worker.run()
+    return worker
+
+
+def runner_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a `runner` subprocess that talks to the test's Redis and prefix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env.update(
+        RUNNER_REDIS_URL=settings.redis_url or "",
+        RUNNER_PREFIX=settings.prefix,
+        RUNNER_AUDIO_ROOTS=os.pathsep.join(str(r) for r in settings.audio_roots),
+        RUNNER_LOG_FORMAT="json",
+        RUNNER_STATE_DIR=str(settings.state_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str], timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        cwd=ROOT,
+    )
