@@ -25,6 +25,7 @@ __all__ = ["SAMPLE_RATE", "Audio", "decode", "resolve_path"]
 SAMPLE_RATE = 16_000
 # A container that declares more audio than it holds was cut short (an interrupted upload).
 _TRUNCATION_TOLERANCE_S = 1.0
+_WAV_HEAD_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -87,6 +88,7 @@ def decode(source: Path | bytes, *, max_seconds: float, label: str = "") -> Audi
     from faster_whisper import decode_audio
 
     label = label or str(source if isinstance(source, Path) else "<bytes>")
+    _check_wav_length(source, label)
     declared = _declared_seconds(source, label)
     if declared is not None and declared > max_seconds:
         raise AudioError(
@@ -110,6 +112,38 @@ def decode(source: Path | bytes, *, max_seconds: float, label: str = "") -> Audi
             "could be decoded (the file was cut short)",
         )
     return audio
+
+
+def _check_wav_length(source: Path | bytes, label: str) -> None:
+    """Refuse a WAV file whose data chunk is shorter than its header says (an upload cut short).
+
+    Decoders play such files up to where they stop, so nothing else would notice.
+    """
+    if isinstance(source, Path):
+        with open(source, "rb") as fh:
+            head = fh.read(_WAV_HEAD_BYTES)
+        total = source.stat().st_size
+    else:
+        head, total = source[:_WAV_HEAD_BYTES], len(source)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, size = (
+            head[offset : offset + 4],
+            int.from_bytes(head[offset + 4 : offset + 8], "little"),
+        )
+        if chunk == b"data":
+            held = total - offset - 8
+            # 0 and 0xFFFFFFFF are what streaming writers put before they know the length.
+            if size not in (0, 0xFFFFFFFF) and size > held:
+                raise AudioError(
+                    "truncated",
+                    f"{label}: the WAV header declares {size} bytes of audio but the file holds "
+                    f"{held} (the file was cut short)",
+                )
+            return
+        offset += 8 + size + (size & 1)
 
 
 def _open(source: Path | bytes) -> str | BinaryIO:

@@ -230,3 +230,23 @@ async def test_events_trace_the_lifecycle(settings: Settings, redis: RedisClient
     assert [f[b"type"] for f in mine] == [b"job.queued", b"job.started", b"job.completed"]
     data = json.loads(mine[-1][b"data"])
     assert data["audio_s"] > 3
+
+
+async def test_audio_limits_and_truncation(
+    settings: Settings, redis: RedisClient, tmp_path: Path
+) -> None:
+    """Audio over the duration or size cap, or cut short, fails with its own reason."""
+    keys = Keys(settings.prefix)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(HELLO.read_bytes()[: HELLO.stat().st_size // 2])
+    jobs = {"long": FIXTURES / "weather.wav", "big": LONG, "cut": cut, "ok": HELLO}
+    for job_id, path in jobs.items():
+        await redis.xadd(keys.stream, {"audio": str(path), "job_id": job_id})
+    limited = settings.with_(max_audio_seconds=4.5, max_audio_bytes=300_000)
+    worker = await burst(limited, redis, FakeTranscriber())
+    assert worker.completed == 1
+    client = Client(redis, settings)
+    long, big, truncated = [await client.status(j) for j in ("long", "big", "cut")]
+    assert long.reason == "too_long" and "limit is 4.5 s" in long.error
+    assert big.reason == "too_large" and "limit is 300000" in big.error
+    assert truncated.reason == "truncated" and "cut short" in truncated.error
