@@ -117,15 +117,22 @@ def _show_status(status: JobStatus) -> str:
     rows = [
         ("job", status.job_id),
         ("state", status.state.value),
+        ("stage", status.stage),
         ("attempts", str(status.attempts)),
         ("worker", status.worker or "-"),
         ("created", _stamp(status.created_at)),
         ("started", _stamp(status.started_at)),
         ("finished", _stamp(status.finished_at)),
     ]
+    if status.progress is not None:
+        p = status.progress
+        rows.append(("progress", f"{p.processed_s:.1f} / {p.total_s:.1f} s ({p.percent:.0f}%)"))
+        rows.append(("checkpoint", f"{p.segments} segments, {_stamp(p.updated_at)} by {p.worker}"))
     if status.error:
-        rows.append(("error", f"{status.error} [{status.reason}]"))
-    return "".join(f"{name:<9} {value}\n" for name, value in rows)
+        rows.append(
+            ("error", f"{status.error} [{status.reason}]" if status.reason else status.error)
+        )
+    return "".join(f"{name:<10} {value}\n" for name, value in rows)
 
 
 def _render_all(

@@ -36,6 +36,11 @@ class Keys:
         return f"{self.prefix}:events"
 
     @property
+    def entries(self) -> str:
+        """Hash from stream entry id to job id, for the entries still in the stream."""
+        return f"{self.prefix}:entries"
+
+    @property
     def workers(self) -> str:
         """Sorted set of live workers' liveness keys, scored by last-seen time."""
         return f"{self.prefix}:workers"

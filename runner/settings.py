@@ -68,6 +68,8 @@ class Settings:
     lease_seconds: float = 60.0
     #: How often a worker renews the leases of its running jobs.
     heartbeat_seconds: float = 10.0
+    #: How often a worker with free slots looks for entries to reclaim (handed back or expired).
+    reclaim_seconds: float = 1.0
     #: Wall time between checkpoints of a running job.
     checkpoint_seconds: float = 15.0
     #: Checkpoint lifetime, refreshed on each write.
@@ -96,7 +98,8 @@ class Settings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        for name in ("lease_seconds", "heartbeat_seconds", "checkpoint_seconds", "block_ms"):
+        positive = ("lease_seconds", "heartbeat_seconds", "reclaim_seconds", "checkpoint_seconds")
+        for name in (*positive, "block_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive")
         if self.concurrency < 0 or self.cpu_threads < 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from importlib import resources
 from typing import Any
 
@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from .checkpoint import Checkpoint, Progress
 from .errors import JobNotFound
 from .job import Job, JobState
 from .keys import GROUP, Keys
@@ -27,9 +28,11 @@ from .transcript import Transcript
 __all__ = [
     "Begin",
     "BeginOutcome",
+    "Claimed",
     "Enqueued",
     "Entry",
     "JobStatus",
+    "Lease",
     "Store",
     "decode_fields",
 ]
@@ -69,6 +72,7 @@ class BeginOutcome(StrEnum):
     DONE = "done"
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
+    DEAD = "dead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,26 @@ class Begin:
     attempts: int = 0
     deliveries: int = 0
     state: str = ""
+    #: Whether a checkpoint exists to resume from.
+    checkpoint: bool = False
+
+
+class Lease(IntEnum):
+    """What renewing a lease found."""
+
+    LOST = 0
+    RENEWED = 1
+    #: The token is still ours but the entry left the stream (deleted by hand).
+    VANISHED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One reclaim call: entries now ours, entries found deleted, where to continue."""
+
+    entries: list[Entry]
+    deleted: list[str]
+    cursor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +121,17 @@ class JobStatus:
     error: str
     entry: str
     fields: Mapping[str, str]
+    #: One record per attempt: attempt, worker, at (server time), delivery, charged.
+    history: tuple[Mapping[str, Any], ...] = ()
+    #: The latest checkpoint of a running job, if any.
+    progress: Progress | None = None
+
+    @property
+    def stage(self) -> str:
+        """The checkpoint's stage while running; otherwise the state itself."""
+        if self.state is JobState.RUNNING and self.progress is not None:
+            return self.progress.stage.value
+        return self.state.value
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,10 +146,18 @@ class JobStatus:
             "error": self.error or None,
             "entry": self.entry,
             "fields": dict(self.fields),
+            "stage": self.stage,
+            "checkpoint": None if self.progress is None else self.progress.to_dict(),
+            "history": [dict(h) for h in self.history],
         }
 
     @classmethod
-    def from_hash(cls, job_id: str, raw: Mapping[bytes, bytes]) -> JobStatus:
+    def from_hash(
+        cls,
+        job_id: str,
+        raw: Mapping[bytes, bytes],
+        checkpoint: Mapping[bytes, bytes] | None = None,
+    ) -> JobStatus:
         h = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
 
         def when(name: str) -> float | None:
@@ -122,8 +165,9 @@ class JobStatus:
 
         try:
             fields = json.loads(h.get("fields") or "{}")
+            history = json.loads(h.get("history") or "[]")
         except ValueError:
-            fields = {}
+            fields, history = {}, []
         return cls(
             job_id=job_id,
             state=JobState(h.get("state", "queued")),
@@ -136,6 +180,9 @@ class JobStatus:
             error=h.get("error", ""),
             entry=h.get("entry", ""),
             fields=fields,
+            # An empty Lua table encodes as {}: no attempts yet.
+            history=tuple(history) if isinstance(history, list) else (),
+            progress=Progress.from_redis(checkpoint) if checkpoint else None,
         )
 
 
@@ -151,6 +198,10 @@ class Store:
         self._begin = _load_script(redis, "begin")
         self._commit = _load_script(redis, "commit")
         self._fail = _load_script(redis, "fail")
+        self._renew = _load_script(redis, "renew")
+        self._checkpoint = _load_script(redis, "checkpoint")
+        self._release = _load_script(redis, "release")
+        self._prune = _load_script(redis, "prune")
 
     async def ensure_group(self) -> None:
         """Create the consumer group if missing, from id 0 so earlier entries are read too."""
@@ -170,6 +221,7 @@ class Store:
                 self.keys.stream,
                 self.keys.events,
                 self.keys.audio(job.job_id),
+                self.keys.entries,
             ],
             args=[
                 job.job_id,
@@ -206,10 +258,18 @@ class Store:
         *,
         digest: str,
         fields: Mapping[str, str],
-        count_attempt: bool = True,
     ) -> Begin:
+        """Start an attempt: ownership check, attempt count, new fencing token (one script)."""
         reply = await self._begin(
-            keys=[self.keys.job(job_id), self.keys.stream, self.keys.events],
+            keys=[
+                self.keys.job(job_id),
+                self.keys.stream,
+                self.keys.events,
+                self.keys.checkpoint(job_id),
+                self.keys.checkpoint_segments(job_id),
+                self.keys.dead,
+                self.keys.entries,
+            ],
             args=[
                 entry_id,
                 job_id,
@@ -218,12 +278,17 @@ class Store:
                 digest,
                 json.dumps(dict(fields), ensure_ascii=False),
                 self.settings.events_maxlen,
-                1 if count_attempt else 0,
+                self.settings.max_deliveries,
+                self.settings.result_ttl,
             ],
         )
         outcome = BeginOutcome(_s(reply[0]))
         if outcome is BeginOutcome.OK:
-            return Begin(outcome, int(reply[1]), int(reply[2]), int(reply[3]))
+            return Begin(
+                outcome, int(reply[1]), int(reply[2]), int(reply[3]), checkpoint=bool(reply[4])
+            )
+        if outcome is BeginOutcome.DEAD:
+            return Begin(outcome, attempts=int(reply[1]))
         return Begin(outcome, state=_s(reply[1]) if len(reply) > 1 else "")
 
     async def commit(
@@ -246,6 +311,7 @@ class Store:
                 self.keys.checkpoint(job_id),
                 self.keys.checkpoint_segments(job_id),
                 self.keys.audio(job_id),
+                self.keys.entries,
             ],
             args=[
                 fence,
@@ -283,6 +349,7 @@ class Store:
                 self.keys.checkpoint(job_id),
                 self.keys.checkpoint_segments(job_id),
                 self.keys.audio(job_id),
+                self.keys.entries,
             ],
             args=[
                 "" if fence is None else fence,
@@ -301,11 +368,159 @@ class Store:
         )
         return bool(ok)
 
+    async def renew(self, consumer: str, leases: Sequence[tuple[str, str, int]]) -> list[Lease]:
+        """Renew (job_id, entry_id, fence) leases, saying for each whether it is still ours."""
+        if not leases:
+            return []
+        args: list[Any] = [GROUP, consumer]
+        for _, entry_id, fence in leases:
+            args += [entry_id, fence]
+        reply = await self._renew(
+            keys=[self.keys.stream, *(self.keys.job(job_id) for job_id, _, _ in leases)],
+            args=args,
+        )
+        return [Lease(int(x)) for x in reply]
+
+    async def autoclaim(self, consumer: str, cursor: str, count: int) -> Claimed:
+        """XAUTOCLAIM entries idle past the lease. Deleted entries are reported, not returned.
+
+        Redis 7 lists deleted entries in a third reply element and drops them from the PEL;
+        Redis 6.2 returns them as nil entries and keeps them pending: those are found by their
+        absence and acknowledged here.
+        """
+        lease_ms = int(self.settings.lease_seconds * 1000)
+        reply = await self.redis.xautoclaim(
+            self.keys.stream, GROUP, consumer, lease_ms, start_id=cursor, count=count
+        )
+        entries = [(_s(i), f or {}) for i, f in reply[1] if i is not None and f is not None]
+        deleted = [_s(i) for i in reply[2]] if len(reply) > 2 else []
+        if len(reply[1]) > len(entries) and len(reply) <= 2:
+            deleted += await self._orphans(consumer, {e for e, _ in entries})
+        return Claimed(entries=entries, deleted=deleted, cursor=_s(reply[0]))
+
+    async def _orphans(self, consumer: str, keep: set[str]) -> list[str]:
+        """Redis 6.2: pending entries of ours whose stream entries are gone."""
+        pending = await self.redis.xpending_range(
+            self.keys.stream, GROUP, min="-", max="+", count=1000, consumername=consumer
+        )
+        ids = [_s(p["message_id"]) for p in pending]
+        candidates = [i for i in ids if i not in keep]
+        gone = []
+        for entry_id in candidates:
+            if not await self.redis.xrange(self.keys.stream, min=entry_id, max=entry_id):
+                gone.append(entry_id)
+        if gone:
+            await self.redis.xack(self.keys.stream, GROUP, *gone)
+        return gone
+
+    async def jobs_of_entries(self, entry_ids: Sequence[str]) -> dict[str, str]:
+        """The job ids of stream entries, where known."""
+        if not entry_ids:
+            return {}
+        found = await self.redis.hmget(self.keys.entries, list(entry_ids))
+        return {e: _s(j) for e, j in zip(entry_ids, found, strict=True) if j is not None}
+
+    async def save_checkpoint(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        fence: int,
+        base: int,
+        worker: str,
+        event: Mapping[str, Any],
+    ) -> int:
+        """Write the header and the segments after the first `base` (fenced).
+
+        Returns 1 when saved, 0 when fenced off, -1 when fewer than `base` segments are stored.
+        """
+        job_id = checkpoint.job_id
+        header = checkpoint.header()
+        pairs = [part for pair in header.items() for part in pair]
+        new = [json.dumps(s.to_dict(), ensure_ascii=False) for s in checkpoint.segments[base:]]
+        reply = await self._checkpoint(
+            keys=[
+                self.keys.job(job_id),
+                self.keys.checkpoint(job_id),
+                self.keys.checkpoint_segments(job_id),
+                self.keys.events,
+            ],
+            args=[
+                fence,
+                base,
+                self.settings.checkpoint_ttl,
+                worker,
+                job_id,
+                self.settings.events_maxlen,
+                json.dumps(dict(event)),
+                len(header),
+                *pairs,
+                *new,
+            ],
+        )
+        return int(reply)
+
+    async def load_checkpoint(self, job_id: str) -> Checkpoint | None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.checkpoint(job_id))
+            pipe.lrange(self.keys.checkpoint_segments(job_id), 0, -1)
+            header, segments = await pipe.execute()
+        return Checkpoint.from_redis(job_id, header, segments)
+
+    async def release(
+        self,
+        job_id: str,
+        *,
+        entry_id: str,
+        fence: int,
+        consumer: str,
+        charge: bool,
+        reason: str,
+        error: str = "",
+    ) -> bool:
+        """Hand a job back for any worker to take at once; `charge=False` refunds the attempt."""
+        idle_ms = int(self.settings.lease_seconds * 1000) + 1
+        reply = await self._release(
+            keys=[self.keys.job(job_id), self.keys.stream, self.keys.events],
+            args=[
+                fence,
+                entry_id,
+                GROUP,
+                consumer,
+                idle_ms,
+                1 if charge else 0,
+                reason,
+                self.settings.events_maxlen,
+                job_id,
+                error,
+            ],
+        )
+        return bool(reply)
+
+    async def prune_consumers(self, names: Sequence[str]) -> int:
+        """Delete these consumers from the group if they hold no pending entries."""
+        if not names:
+            return 0
+        return int(await self._prune(keys=[self.keys.stream], args=[GROUP, *names]))
+
+    async def idle_consumers(self, idle_seconds: float) -> list[str]:
+        """Consumers without pending entries that have not read for `idle_seconds`."""
+        try:
+            consumers = await self.redis.xinfo_consumers(self.keys.stream, GROUP)
+        except ResponseError:  # no stream or group yet
+            return []
+        limit = idle_seconds * 1000
+        return [
+            _s(c["name"]) for c in consumers if int(c["pending"]) == 0 and int(c["idle"]) > limit
+        ]
+
     async def status(self, job_id: str) -> JobStatus:
-        raw = await self.redis.hgetall(self.keys.job(job_id))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.hgetall(self.keys.checkpoint(job_id))
+            raw, checkpoint = await pipe.execute()
         if not raw:
             raise JobNotFound(job_id)
-        return JobStatus.from_hash(job_id, raw)
+        return JobStatus.from_hash(job_id, raw, checkpoint)
 
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
         async with self.redis.pipeline(transaction=False) as pipe:

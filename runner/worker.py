@@ -1,9 +1,9 @@
-"""The worker: one task group that reads jobs, runs several at once and commits their results.
+"""The worker: one task group that reads and reclaims jobs, renews their leases, and runs them.
 
-Long-lived tasks (consumer, signal watcher) live in one task group; each job runs in a second
-group so that stopping can first stop reading, then let running jobs finish within the grace.
-The engine runs in worker threads under a `CapacityLimiter`, one window per call, so the event
-loop stays free for Redis while every core transcribes.
+Long-lived tasks (consumer, heartbeat, signal watcher) live in one task group; each job runs in a
+second group, so that stopping can first stop reading, then let running jobs finish within the
+grace, then hand the rest back. The engine runs in worker threads under a `CapacityLimiter`, one
+window per call, so the event loop stays free to renew leases while every core transcribes.
 """
 
 from __future__ import annotations
@@ -13,44 +13,33 @@ import secrets
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
-from .audio import Audio, decode, resolve_path
-from .engine import EngineRequest, Transcriber
-from .errors import AudioError, EngineError, InvalidJob, JobError, TransientError
+from .attempt import Attempt, Executor
+from .checkpoint import Stage
+from .engine import Transcriber
+from .errors import EngineError, InvalidJob, JobError, LeaseLost, TransientError
 from .job import Job, valid_id
 from .logs import get_logger
 from .settings import Settings
-from .store import BeginOutcome, Entry, Store, decode_fields
-from .transcript import Segment, Transcript
+from .store import BeginOutcome, Entry, Lease, Store, decode_fields
 
-__all__ = ["Attempt", "Worker", "consumer_name"]
+__all__ = ["Worker", "consumer_name"]
 
 log = get_logger("runner.worker")
+
+# Consumers idle this long with nothing pending belong to workers that are gone.
+_CONSUMER_IDLE_S = 3600.0
+_PRUNE_EVERY_S = 600.0
 
 
 def consumer_name() -> str:
     """`host-pid-xxxx`: unique per process, even where every container's pid is 1."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One attempt at one job on this worker: what the heartbeat and the job loop share."""
-
-    job: Job
-    entry_id: str
-    fence: int
-    attempts: int
-    started: float = field(default_factory=time.monotonic)
-    #: Set when this worker finds it no longer owns the job; the job loop stops at the next window.
-    lost: bool = False
 
 
 class Worker:
@@ -77,13 +66,15 @@ class Worker:
         self.running: dict[str, Attempt] = {}
         self.completed = 0
         self.failed = 0
+        self.reclaimed = 0
         self._limiter = anyio.CapacityLimiter(self.concurrency)
+        self._executor = Executor(settings, self.store, transcriber, self._limiter, self.name)
         self._stopping = anyio.Event()
         self._slot_freed = anyio.Event()
         self._busy = 0
 
     def stop(self) -> None:
-        """Ask the worker to stop reading and finish (or hand back) what it runs."""
+        """Stop reading; let running jobs finish within the grace, then hand them back."""
         self._stopping.set()
 
     @property
@@ -91,7 +82,7 @@ class Worker:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        """Run until stopped (or, in burst mode, until nothing is left to read)."""
+        """Run until stopped (or, in burst mode, until nothing is left for this worker)."""
         structlog.contextvars.bind_contextvars(worker=self.name)
         await self.store.ensure_group()
         default = self.transcriber.resolve(None)
@@ -102,19 +93,24 @@ class Worker:
             model=default,
             burst=self.burst,
             stream=self.store.keys.stream,
+            lease_s=self.settings.lease_seconds,
         )
         with anyio.CancelScope() as hard_stop:
             async with anyio.create_task_group() as tg:
                 if self.handle_signals:
                     tg.start_soon(self._watch_signals, hard_stop)
+                tg.start_soon(self._heartbeat)
                 async with anyio.create_task_group() as jobs:
                     await self._consume(jobs)
                     await self._drain(jobs)
                 tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self.store.prune_consumers([self.name])
         log.info(
             "worker.stopped",
             completed=self.completed,
             failed=self.failed,
+            reclaimed=self.reclaimed,
             abandoned=len(self.running),
         )
 
@@ -130,29 +126,76 @@ class Worker:
                     hard_stop.cancel()
                     return
 
+    # -- reading and reclaiming ---------------------------------------------------------------
+
     async def _consume(self, jobs: TaskGroup) -> None:
         block_ms = min(self.settings.block_ms, 100) if self.burst else self.settings.block_ms
+        reclaim_every = self.settings.reclaim_seconds
+        next_reclaim = 0.0
         while not self.stopping:
             free = self.concurrency - self._busy
             if free <= 0:
                 await self._wait_slot()
                 continue
             try:
-                entries = await self.store.read(self.name, free, block_ms)
+                if anyio.current_time() >= next_reclaim:
+                    next_reclaim = anyio.current_time() + reclaim_every
+                    if await self._reclaim(jobs, free):
+                        continue
+                    free = self.concurrency - self._busy
+                wait_ms = max(1, int((next_reclaim - anyio.current_time()) * 1000))
+                entries = await self.store.read(self.name, free, min(block_ms, wait_ms))
             except TransientError as exc:  # pragma: no cover - reconnects come with retries
                 log.warning("worker.read_failed", error=str(exc))
                 await anyio.sleep(1)
                 continue
             if not entries:
-                if self.burst and self._busy == 0:
+                if self.burst and self._busy == 0 and anyio.current_time() < next_reclaim:
                     log.info("worker.drained")
                     return
-                if self.burst:
+                if self.burst and self._busy:
                     await self._wait_slot()
                 continue
             for entry in entries:
-                self._busy += 1
-                jobs.start_soon(self._run_entry, entry)
+                self._start(jobs, entry)
+
+    def _start(self, jobs: TaskGroup, entry: Entry) -> None:
+        self._busy += 1
+        jobs.start_soon(self._run_entry, entry)
+
+    async def _reclaim(self, jobs: TaskGroup, free: int) -> int:
+        """Claim entries idle past the lease (their workers died or froze); returns how many."""
+        cursor, taken = "0-0", 0
+        while free > taken:
+            claimed = await self.store.autoclaim(self.name, cursor, free - taken)
+            if claimed.deleted:
+                await self._reap(claimed.deleted)
+            for entry in claimed.entries:
+                log.info("entry.reclaimed", entry=entry[0])
+                self._start(jobs, entry)
+            taken += len(claimed.entries)
+            cursor = claimed.cursor
+            if cursor == "0-0":
+                break
+        self.reclaimed += taken
+        return taken
+
+    async def _reap(self, entry_ids: list[str]) -> None:
+        """Entries deleted from the stream while pending: end their jobs, keep nothing stuck."""
+        known = await self.store.jobs_of_entries(entry_ids)
+        for entry_id in entry_ids:
+            job_id = known.get(entry_id)
+            log.warning("entry.deleted", entry=entry_id, job_id=job_id)
+            if job_id is not None:
+                await self.store.fail(
+                    job_id,
+                    entry_id=entry_id,
+                    fence=None,
+                    reason="entry_deleted",
+                    error="the job's stream entry was deleted while it was pending",
+                    worker=self.name,
+                    fields={},
+                )
 
     async def _wait_slot(self) -> None:
         with anyio.move_on_after(self.settings.block_ms / 1000):
@@ -168,8 +211,48 @@ class Worker:
             while self._busy:
                 await self._wait_slot()
         if self._busy:
-            log.warning("worker.grace_expired", running=sorted(self.running))
+            log.info("worker.handing_back", running=sorted(self.running))
             jobs.cancel_scope.cancel()
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """Renew every running job's lease; flag the ones this worker has lost."""
+        next_prune = anyio.current_time() + _PRUNE_EVERY_S
+        while True:
+            await anyio.sleep(self.settings.heartbeat_seconds)
+            if anyio.current_time() >= next_prune:
+                next_prune = anyio.current_time() + _PRUNE_EVERY_S
+                await self._prune_consumers()
+            attempts = list(self.running.values())
+            if not attempts:
+                continue
+            leases = [(a.job_id, a.entry_id, a.fence) for a in attempts]
+            try:
+                results = await self.store.renew(self.name, leases)
+            except (TransientError, OSError) as exc:
+                log.warning("lease.renew_failed", error=str(exc))
+                continue
+            for attempt, lease in zip(attempts, results, strict=True):
+                if lease is Lease.LOST and not attempt.lost:
+                    attempt.lost = True
+                    log.warning("job.lost", job_id=attempt.job_id, fence=attempt.fence)
+                elif lease is Lease.VANISHED and not attempt.vanished:
+                    attempt.vanished = True
+                    log.warning("job.entry_vanished", job_id=attempt.job_id)
+
+    async def _prune_consumers(self) -> None:
+        """Forget consumers of workers long gone; their pending entries were reclaimed."""
+        try:
+            idle = await self.store.idle_consumers(_CONSUMER_IDLE_S)
+            removed = await self.store.prune_consumers([n for n in idle if n != self.name])
+        except (TransientError, OSError) as exc:
+            log.warning("consumers.prune_failed", error=str(exc))
+            return
+        if removed:
+            log.info("consumers.pruned", removed=removed)
+
+    # -- one job ------------------------------------------------------------------------------
 
     async def _run_entry(self, entry: Entry) -> None:
         entry_id, raw = entry
@@ -189,8 +272,9 @@ class Worker:
             await self._reject(entry_id, job_id if valid_id(job_id) else entry_id, exc, fields)
             return
         structlog.contextvars.bind_contextvars(job_id=job.job_id)
+        digest = job.digest()
         begin = await self.store.begin(
-            entry_id, job.job_id, self.name, digest=job.digest(), fields=fields
+            entry_id, job.job_id, self.name, digest=digest, fields=fields
         )
         if begin.outcome is BeginOutcome.CONFLICT:
             error = InvalidJob(
@@ -199,48 +283,62 @@ class Worker:
             )
             await self._reject(entry_id, job.job_id, error, fields, record=False)
             return
+        if begin.outcome is BeginOutcome.DEAD:
+            self.failed += 1
+            log.error("job.dead", reason="max_deliveries", attempts=begin.attempts)
+            return
         if begin.outcome is not BeginOutcome.OK:
             log.info("job.skipped", outcome=begin.outcome.value, state=begin.state)
             return
-        attempt = Attempt(job, entry_id, begin.fence, begin.attempts)
+        attempt = Attempt(job, entry_id, begin.fence, begin.attempts, digest)
         self.running[job.job_id] = attempt
         try:
-            await self._attempt(attempt, fields)
+            await self._attempt(attempt, fields, begin.checkpoint)
         finally:
             self.running.pop(job.job_id, None)
 
-    async def _attempt(self, attempt: Attempt, fields: dict[str, str]) -> None:
-        job = attempt.job
+    async def _attempt(self, attempt: Attempt, fields: dict[str, str], resume: bool) -> None:
         try:
-            transcript = await self._transcribe(attempt)
+            transcript = await self._executor.transcribe(attempt, resume)
         except JobError as exc:
-            ok = await self.store.fail(
-                job.job_id,
-                entry_id=attempt.entry_id,
-                fence=attempt.fence,
-                reason=exc.reason,
-                error=exc.message,
-                worker=self.name,
-                fields=fields,
-            )
-            self.failed += ok
-            log.warning("job.failed", reason=exc.reason, error=exc.message, recorded=ok)
+            await self._fail(attempt, exc, fields)
             return
         except EngineError as exc:
-            # Left pending: another attempt (here or elsewhere) picks it up after the lease.
             log.error("job.engine_failed", error=str(exc), attempt=attempt.attempts)
+            await self.store.release(
+                attempt.job_id,
+                entry_id=attempt.entry_id,
+                fence=attempt.fence,
+                consumer=self.name,
+                charge=True,
+                reason="engine_error",
+                error=str(exc),
+            )
             return
+        except LeaseLost:
+            log.warning("job.dropped", reason="lease lost", fence=attempt.fence)
+            return
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._hand_back(attempt)
+            raise
         wall = time.monotonic() - attempt.started
         ok = await self.store.commit(
             transcript,
             fence=attempt.fence,
             entry_id=attempt.entry_id,
             worker=self.name,
-            event={"audio_s": round(transcript.duration, 3), "wall_s": round(wall, 3)},
+            event={
+                "audio_s": round(transcript.duration, 3),
+                "wall_s": round(wall, 3),
+                "attempt": attempt.attempts,
+                "resumed_from": transcript.resumed_from,
+            },
         )
         if not ok:
             log.warning("job.fenced", fence=attempt.fence, stage="commit")
             return
+        attempt.stage = Stage.COMPLETED
         self.completed += 1
         log.info(
             "job.completed",
@@ -248,8 +346,46 @@ class Worker:
             wall_s=round(wall, 2),
             rtf=round(wall / transcript.duration, 3) if transcript.duration else None,
             attempt=attempt.attempts,
+            resumed_from=transcript.resumed_from,
             segments=len(transcript.segments),
         )
+
+    async def _fail(self, attempt: Attempt, exc: JobError, fields: dict[str, str]) -> None:
+        ok = await self.store.fail(
+            attempt.job_id,
+            entry_id=attempt.entry_id,
+            fence=attempt.fence,
+            reason=exc.reason,
+            error=exc.message,
+            worker=self.name,
+            fields=fields,
+        )
+        self.failed += ok
+        log.warning("job.failed", reason=exc.reason, error=exc.message, recorded=ok)
+
+    async def _hand_back(self, attempt: Attempt) -> None:
+        """Stopping: save what the job has done and release it for a peer to resume now."""
+        try:
+            if attempt.stage is Stage.TRANSCRIBING and attempt.windows.committed:
+                await self._executor.checkpoint(attempt)
+            released = await self.store.release(
+                attempt.job_id,
+                entry_id=attempt.entry_id,
+                fence=attempt.fence,
+                consumer=self.name,
+                charge=False,
+                reason="shutdown",
+            )
+            log.info(
+                "job.handed_back",
+                released=released,
+                processed_s=round(attempt.processed_s, 2),
+                segments=len(attempt.windows.committed),
+            )
+        except LeaseLost:
+            log.info("job.dropped", reason="lease lost while stopping")
+        except Exception as exc:  # the lease still protects the job; say why it waits
+            log.warning("job.hand_back_failed", error=str(exc))
 
     async def _reject(
         self,
@@ -273,86 +409,3 @@ class Worker:
         )
         self.failed += 1
         log.warning("job.failed", job_id=job_id, reason=error.reason, error=error.message)
-
-    async def _load_audio(self, job: Job) -> Audio:
-        limit = self.settings.max_audio_seconds
-        if job.audio is not None:
-            path = await anyio.to_thread.run_sync(
-                resolve_path, job.audio, self.settings.effective_audio_roots,
-                self.settings.max_audio_bytes,
-            )  # fmt: skip
-            return await anyio.to_thread.run_sync(
-                lambda: decode(path, max_seconds=limit, label=str(job.audio)),
-                limiter=self._limiter,
-            )
-        assert job.audio_key is not None
-        data = await self._audio_bytes(job.audio_key)
-        label = f"key:{job.audio_key}"
-        return await anyio.to_thread.run_sync(
-            lambda: decode(data, max_seconds=limit, label=label), limiter=self._limiter
-        )
-
-    async def _audio_bytes(self, key: str) -> bytes:
-        cap = self.settings.max_audio_key_bytes
-        redis: Any = self.store.redis
-        kind = (await redis.type(key)).decode()
-        if kind == "none":
-            raise AudioError("missing_key", f"audio_key={key!r} does not exist")
-        if kind != "string":
-            raise AudioError("invalid_key", f"audio_key={key!r} holds a {kind}, not bytes")
-        size = int(await redis.strlen(key))
-        if size == 0:
-            raise AudioError("empty_file", f"audio_key={key!r} is empty")
-        if size > cap:
-            raise AudioError(
-                "too_large", f"audio_key={key!r} holds {size} bytes; the limit is {cap}"
-            )
-        data = await redis.get(key)
-        if data is None:
-            raise AudioError("missing_key", f"audio_key={key!r} disappeared while being read")
-        return bytes(data)
-
-    async def _transcribe(self, attempt: Attempt) -> Transcript:
-        job = attempt.job
-        model = self.transcriber.resolve(job.model)
-        t0 = time.monotonic()
-        audio = await self._load_audio(job)
-        decoded = time.monotonic()
-        request = EngineRequest(
-            model=model,
-            language=job.language,
-            task=job.task.value,
-            beam_size=job.beam_size,
-            word_timestamps=job.word_timestamps,
-            vad_filter=job.vad_filter,
-            initial_prompt=job.initial_prompt,
-        )
-        await anyio.to_thread.run_sync(self.transcriber.check, request)
-        started = await anyio.to_thread.run_sync(
-            self.transcriber.transcribe, audio, request, limiter=self._limiter
-        )
-        segments: list[Segment] = []
-        while True:
-            segment: Segment | None = await anyio.to_thread.run_sync(
-                next, started.segments, None, limiter=self._limiter, abandon_on_cancel=True
-            )
-            if segment is None:
-                break
-            segments.append(segment)
-        done = time.monotonic()
-        return Transcript(
-            job_id=job.job_id,
-            language=started.language,
-            language_probability=started.language_probability,
-            duration=audio.duration,
-            segments=tuple(segments),
-            model=model,
-            options=request.options(),
-            timings={
-                "decode_s": round(decoded - t0, 4),
-                "transcribe_s": round(done - decoded, 4),
-                "wall_s": round(done - attempt.started, 4),
-            },
-            attempts=attempt.attempts,
-            worker=self.name,
-        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,14 @@ async def burst(settings: Settings, redis: Redis, transcriber: Transcriber, **kw
     with anyio.fail_after(60):
         await worker.run()
     return worker
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Poll `check` until it holds; fail after `within` seconds."""
+    with anyio.fail_after(within):
+        # Polling is right here: the state lives in Redis or another process, not in an Event.
+        while not await check():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
 
 
 def runner_env(settings: Settings, **extra: str) -> dict[str, str]:

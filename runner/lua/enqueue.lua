@@ -1,5 +1,5 @@
 -- Submit a job, once. A job id that already exists is left alone (idempotent submission).
--- KEYS: job, stream, events, uploaded audio
+-- KEYS: job, stream, events, uploaded audio, entries index
 -- ARGV: job_id, digest, events_maxlen, fields_json, audio bytes ('' when the job names a
 --       file), then the entry's field/value pairs
 -- Returns {1, entry, digest} when added, {0, state, digest} when the id existed.
@@ -15,5 +15,6 @@ local entry = redis.call('XADD', stream, '*', unpack(ARGV, 6))
 local t = now()
 redis.call('HSET', job, 'state', 'queued', 'entry', entry, 'digest', ARGV[2],
   'created_at', t, 'attempts', 0, 'fence', 0, 'fields', ARGV[4])
+redis.call('HSET', KEYS[5], entry, ARGV[1])
 emit(events, ARGV[3], 'job.queued', t, ARGV[1], '', '{"entry":"' .. entry .. '"}')
 return {1, entry, ARGV[2]}

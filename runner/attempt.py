@@ -1,0 +1,269 @@
+"""One attempt at one job: decode, (resume and) transcribe window by window, checkpoint.
+
+The engine runs in worker threads, one `next()` per call, so between windows this code is back
+on the event loop: it checks that the lease is still held, writes checkpoints when they are due,
+and can stop cleanly. Nothing here acknowledges anything; the worker commits or fails the job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .audio import Audio, decode, resolve_path
+from .checkpoint import Checkpoint, Stage, Windows, resume_prompt
+from .engine import EngineRequest, Transcriber
+from .errors import AudioError, JobError, LeaseLost
+from .job import Job
+from .logs import get_logger
+from .settings import Settings
+from .store import Store
+from .transcript import Segment, Transcript
+
+__all__ = ["Attempt", "Executor"]
+
+log = get_logger("runner.attempt")
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One attempt at one job on this worker: shared by the job's task and the heartbeat."""
+
+    job: Job
+    entry_id: str
+    fence: int
+    attempts: int
+    digest: str
+    started: float = field(default_factory=time.monotonic)
+    stage: Stage = Stage.PREPROCESSING
+    #: Set by the heartbeat when another attempt owns the job; the job stops at the next window.
+    lost: bool = False
+    #: Set by the heartbeat when the entry was deleted from the stream under us.
+    vanished: bool = False
+    windows: Windows = field(default_factory=Windows)
+    total_s: float = 0.0
+    language: str = ""
+    language_probability: float = 0.0
+    #: Segments already in the stored checkpoint.
+    saved: int = 0
+    last_save: float = field(default_factory=time.monotonic)
+    resumed_from: float | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def processed_s(self) -> float:
+        return self.windows.resume_at
+
+    def check(self) -> None:
+        """Raise if this attempt may not go on."""
+        if self.lost:
+            raise LeaseLost(self.job_id, self.fence)
+        if self.vanished:
+            raise JobError("entry_deleted", "the job's stream entry was deleted while it ran")
+
+
+class Executor:
+    """Runs attempts for one worker: audio, engine, checkpoints."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        transcriber: Transcriber,
+        limiter: anyio.CapacityLimiter,
+        worker: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.transcriber = transcriber
+        self.limiter = limiter
+        self.worker = worker
+
+    async def transcribe(self, attempt: Attempt, has_checkpoint: bool) -> Transcript:
+        """Run the attempt to the end and build its transcript (not yet committed)."""
+        job = attempt.job
+        model = self.transcriber.resolve(job.model)
+        audio = await self._load_audio(job)
+        decoded = time.monotonic()
+        attempt.total_s = audio.duration
+        checkpoint = await self._checkpoint_to_resume(attempt) if has_checkpoint else None
+        prompt: str | list[int] | None = job.initial_prompt
+        language = job.language
+        if checkpoint is not None:
+            attempt.windows = Windows(checkpoint.segments, start=checkpoint.resume_at)
+            attempt.saved = len(checkpoint.segments)
+            attempt.resumed_from = checkpoint.resume_at
+            language = checkpoint.language
+            own = None
+            if job.initial_prompt:
+                own = await anyio.to_thread.run_sync(
+                    self.transcriber.prompt_tokens, model, job.initial_prompt
+                )
+            prompt = resume_prompt(checkpoint.segments, own)
+            log.info(
+                "job.resumed",
+                from_s=round(checkpoint.resume_at, 2),
+                segments=len(checkpoint.segments),
+                checkpoint_worker=checkpoint.worker,
+            )
+        attempt.stage = Stage.MODEL_LOADING
+        await anyio.to_thread.run_sync(self.transcriber.load, model)
+        request = EngineRequest(
+            model=model,
+            language=language,
+            task=job.task.value,
+            beam_size=job.beam_size,
+            word_timestamps=job.word_timestamps,
+            vad_filter=job.vad_filter,
+            initial_prompt=prompt,
+            clip_start=attempt.resumed_from,
+        )
+        await anyio.to_thread.run_sync(self.transcriber.check, request)
+        attempt.stage = Stage.TRANSCRIBING
+        started = await anyio.to_thread.run_sync(
+            self.transcriber.transcribe, audio, request, limiter=self.limiter
+        )
+        attempt.language = checkpoint.language if checkpoint else started.language
+        attempt.language_probability = (
+            checkpoint.language_probability if checkpoint else started.language_probability
+        )
+        while True:
+            segment: Segment | None = await anyio.to_thread.run_sync(
+                next, started.segments, None, limiter=self.limiter, abandon_on_cancel=True
+            )
+            attempt.check()
+            if segment is None:
+                break
+            if attempt.windows.add(segment) and self._checkpoint_due(attempt):
+                await self.checkpoint(attempt)
+        segments = attempt.windows.finish()
+        attempt.stage = Stage.POSTPROCESSING
+        done = time.monotonic()
+        return Transcript(
+            job_id=job.job_id,
+            language=attempt.language,
+            language_probability=attempt.language_probability,
+            duration=audio.duration,
+            segments=tuple(segments),
+            model=model,
+            options=self._options(job, attempt),
+            timings={
+                "decode_s": round(decoded - attempt.started, 4),
+                "transcribe_s": round(done - decoded, 4),
+                "wall_s": round(done - attempt.started, 4),
+            },
+            attempts=attempt.attempts,
+            resumed_from=attempt.resumed_from,
+            worker=self.worker,
+        )
+
+    def _options(self, job: Job, attempt: Attempt) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "task": job.task.value,
+            "language": job.language,
+            "beam_size": job.beam_size,
+            "word_timestamps": job.word_timestamps,
+            "vad_filter": job.vad_filter,
+            "initial_prompt": job.initial_prompt,
+        }
+        if attempt.resumed_from is not None and job.vad_filter:
+            # faster-whisper ignores the VAD filter when it is given a start point.
+            options["vad_filter_after_resume"] = False
+        return options
+
+    def _checkpoint_due(self, attempt: Attempt) -> bool:
+        return time.monotonic() - attempt.last_save >= self.settings.checkpoint_seconds
+
+    async def checkpoint(self, attempt: Attempt) -> None:
+        """Save the committed windows. Raises `LeaseLost` when another attempt owns the job."""
+        checkpoint = Checkpoint(
+            job_id=attempt.job_id,
+            digest=attempt.digest,
+            stage=attempt.stage,
+            resume_at=attempt.windows.resume_at,
+            processed_s=attempt.processed_s,
+            total_s=attempt.total_s,
+            language=attempt.language,
+            language_probability=attempt.language_probability,
+            segments=tuple(attempt.windows.committed),
+            options=self._options(attempt.job, attempt),
+            metadata={"attempt": str(attempt.attempts)},
+        )
+        event = {
+            "processed_s": round(checkpoint.processed_s, 3),
+            "total_s": round(checkpoint.total_s, 3),
+            "segments": len(checkpoint.segments),
+        }
+        saved = await self.store.save_checkpoint(
+            checkpoint, fence=attempt.fence, base=attempt.saved, worker=self.worker, event=event
+        )
+        if saved == -1:
+            # The stored segments are fewer than we thought (expired?): write them all again.
+            saved = await self.store.save_checkpoint(
+                checkpoint, fence=attempt.fence, base=0, worker=self.worker, event=event
+            )
+        if saved == 0:
+            log.warning("job.fenced", fence=attempt.fence, stage="checkpoint")
+            raise LeaseLost(attempt.job_id, attempt.fence)
+        attempt.saved = len(checkpoint.segments)
+        attempt.last_save = time.monotonic()
+        log.debug("job.checkpointed", **event)
+
+    async def _checkpoint_to_resume(self, attempt: Attempt) -> Checkpoint | None:
+        checkpoint = await self.store.load_checkpoint(attempt.job_id)
+        if checkpoint is None:
+            log.warning("job.checkpoint_unusable", reason="missing or inconsistent")
+            return None
+        if checkpoint.digest != attempt.digest:
+            log.warning("job.checkpoint_unusable", reason="belongs to different content")
+            return None
+        if checkpoint.total_s and abs(checkpoint.total_s - attempt.total_s) > 0.01:
+            log.warning("job.checkpoint_unusable", reason="audio changed since")
+            return None
+        return checkpoint
+
+    async def _load_audio(self, job: Job) -> Audio:
+        limit = self.settings.max_audio_seconds
+        if job.audio is not None:
+            path = await anyio.to_thread.run_sync(
+                resolve_path,
+                job.audio,
+                self.settings.effective_audio_roots,
+                self.settings.max_audio_bytes,
+            )
+            return await anyio.to_thread.run_sync(
+                lambda: decode(path, max_seconds=limit, label=str(job.audio)),
+                limiter=self.limiter,
+            )
+        assert job.audio_key is not None
+        data = await self._audio_bytes(job.audio_key)
+        label = f"key:{job.audio_key}"
+        return await anyio.to_thread.run_sync(
+            lambda: decode(data, max_seconds=limit, label=label), limiter=self.limiter
+        )
+
+    async def _audio_bytes(self, key: str) -> bytes:
+        cap = self.settings.max_audio_key_bytes
+        redis = self.store.redis
+        kind = (await redis.type(key)).decode()
+        if kind == "none":
+            raise AudioError("missing_key", f"audio_key={key!r} does not exist")
+        if kind != "string":
+            raise AudioError("invalid_key", f"audio_key={key!r} holds a {kind}, not bytes")
+        size = int(await redis.strlen(key))
+        if size == 0:
+            raise AudioError("empty_file", f"audio_key={key!r} is empty")
+        if size > cap:
+            raise AudioError(
+                "too_large", f"audio_key={key!r} holds {size} bytes; the limit is {cap}"
+            )
+        data = await redis.get(key)
+        if data is None:
+            raise AudioError("missing_key", f"audio_key={key!r} disappeared while being read")
+        return bytes(data)
