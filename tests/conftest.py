@@ -71,3 +71,15 @@ async def redis(redis_url: str) -> AsyncIterator[RedisClient]:
     client = Redis.from_url(redis_url, decode_responses=False)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    """Leases short enough to expire within a test."""
+    return settings.with_(
+        lease_seconds=0.5,
+        heartbeat_seconds=0.1,
+        reclaim_seconds=0.1,
+        block_ms=100,
+        checkpoint_seconds=0.05,
+    )

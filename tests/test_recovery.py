@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import anyio
-import pytest
 
 from runner.checkpoint import Checkpoint, Stage, Windows, resume_prompt
 from runner.job import Job, JobState
@@ -26,18 +25,6 @@ from .helpers import running, until
 
 LONG = FIXTURES / "long.ogg"
 HELLO = FIXTURES / "hello.wav"
-
-
-@pytest.fixture
-def fast(settings: Settings) -> Settings:
-    """Leases short enough to expire within a test."""
-    return settings.with_(
-        lease_seconds=0.5,
-        heartbeat_seconds=0.1,
-        reclaim_seconds=0.1,
-        block_ms=100,
-        checkpoint_seconds=0.05,
-    )
 
 
 async def ghost(store: Store, name: str = "ghost-1-dead") -> tuple[str, Job, Begin]:
