@@ -140,7 +140,12 @@ class Executor:
             attempt.check()
             if segment is None:
                 break
-            if attempt.windows.add(segment) and self._checkpoint_due(attempt):
+            closed = attempt.windows.add(segment)
+            next_start = started.next_window() if started.next_window else None
+            if next_start is not None:
+                attempt.windows.close(next_start)
+                closed = True
+            if closed and self._checkpoint_due(attempt):
                 await self.checkpoint(attempt)
         segments = attempt.windows.finish()
         attempt.stage = Stage.POSTPROCESSING

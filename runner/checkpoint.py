@@ -189,12 +189,13 @@ class Windows:
     def __init__(self, committed: Sequence[Segment] = (), start: float = 0.0) -> None:
         self.committed: list[Segment] = list(committed)
         self.open: list[Segment] = []
-        #: Where this attempt started: the resume point until a window closes.
+        #: The resume point while no window is open: where this attempt started, or where the
+        #: window after the last closed one starts.
         self.start = start
 
     @property
     def resume_at(self) -> float:
-        """Where a resumed attempt would start now: the start of the open window."""
+        """Where a resumed attempt would start now: the open window, else the next one."""
         if self.open:
             return self.open[0].seek / _FRAMES_PER_SECOND
         return self.start
@@ -208,6 +209,12 @@ class Windows:
         number = len(self.committed) + len(self.open) + 1
         self.open.append(segment if segment.id == number else replace(segment, id=number))
         return closed
+
+    def close(self, next_start: float) -> None:
+        """The open window is complete (the engine said so); the next one starts there."""
+        self.committed.extend(self.open)
+        self.open = []
+        self.start = next_start
 
     def finish(self) -> list[Segment]:
         """The transcription ended: every window is committed."""

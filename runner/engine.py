@@ -8,7 +8,7 @@ it, checkpoint between windows and stop when it must.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +17,8 @@ from .audio import Audio
 from .errors import EngineError, InvalidJob
 from .settings import DEFAULT_MODEL, Settings, auto_cpu_threads
 from .transcript import Segment, Word
+
+_FRAMES_PER_SECOND = 100
 
 __all__ = [
     "EngineRequest",
@@ -63,6 +65,10 @@ class Transcription:
     language_probability: float
     duration: float
     segments: Iterator[Segment]
+    #: Called between segments: if the window of the last segment has no more to give, the
+    #: start (seconds) of the next window; else None. Lets a checkpoint include a window as soon
+    #: as it is complete rather than when the next one has been computed. None: not known.
+    next_window: Callable[[], float | None] | None = None
 
 
 class Transcriber(Protocol):
@@ -220,6 +226,7 @@ class WhisperTranscriber:
             language_probability=float(info.language_probability),
             duration=float(info.duration),
             segments=_segments(segments, audio.source),
+            next_window=lambda: _next_window(segments),
         )
 
     def prompt_tokens(self, model: str, text: str) -> list[int]:
@@ -229,6 +236,31 @@ class WhisperTranscriber:
         tokenizer = Tokenizer(loaded.hf_tokenizer, loaded.model.is_multilingual)
         # faster-whisper prefixes a text prompt with a space before encoding it.
         return list(tokenizer.encode(" " + text.strip()))
+
+
+def _next_window(generator: Any) -> float | None:
+    """Whether faster-whisper's suspended generator has finished its current window, and if so
+    where the next one starts (seconds).
+
+    It reads the generator's own state: the window's segments, the one just yielded, and `seek`,
+    which faster-whisper has already moved to the next window's start. Anything unexpected (the
+    VAD wrapper, another version's internals) answers None: windows then close when the next
+    one begins, which is always correct, only later.
+    """
+    try:
+        if generator.gi_code.co_name != "generate_segments" or generator.gi_frame is None:
+            return None
+        state = generator.gi_frame.f_locals
+        window, current = state["current_segments"], state["segment"]
+        tokenizer, seek = state["tokenizer"], state["seek"]
+        index = next(i for i, seg in enumerate(window) if seg is current)
+        for later in window[index + 1 :]:
+            # faster-whisper skips empty segments; any other is still to come.
+            if later["start"] != later["end"] and tokenizer.decode(later["tokens"]).strip():
+                return None
+        return int(seek) / _FRAMES_PER_SECOND
+    except Exception:
+        return None
 
 
 def _segments(raw: Iterator[Any], source: str) -> Iterator[Segment]:

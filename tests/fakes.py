@@ -27,10 +27,12 @@ class FakeTranscriber:
         delay: float = 0.0,
         fail: Callable[[EngineRequest, int], None] | None = None,
         multilingual: bool = True,
+        knows_window_ends: bool = True,
     ) -> None:
         self.delay = delay
         self.fail = fail
         self.multilingual = multilingual
+        self.knows_window_ends = knows_window_ends
         self.requests: list[EngineRequest] = []
         self.windows = 0
         self.loaded: list[str] = []
@@ -51,14 +53,21 @@ class FakeTranscriber:
     def transcribe(self, audio: Audio, request: EngineRequest) -> Transcription:
         with self._lock:
             self.requests.append(request)
+        # One segment per window: once it is out, its window is complete.
+        position: list[float] = []
         return Transcription(
             language=request.language or "en",
             language_probability=1.0,
             duration=audio.duration,
-            segments=self._segments(audio, request),
+            segments=self._segments(audio, request, position),
+            next_window=(lambda: position[-1] if position else None)
+            if self.knows_window_ends
+            else None,
         )
 
-    def _segments(self, audio: Audio, request: EngineRequest) -> Iterator[Segment]:
+    def _segments(
+        self, audio: Audio, request: EngineRequest, position: list[float]
+    ) -> Iterator[Segment]:
         start = request.clip_start or 0.0
         n = int(start // WINDOW_S)
         while start < audio.duration:
@@ -69,6 +78,7 @@ class FakeTranscriber:
             with self._lock:
                 self.windows += 1
             end = min(start + WINDOW_S, audio.duration)
+            position.append(end)
             yield Segment(
                 id=n + 1,
                 seek=round(start * 100),

@@ -76,3 +76,25 @@ async def test_english_only_model_refuses_other_languages(
     await burst(settings, redis, WhisperTranscriber(settings))
     status = await client.status(job_id)
     assert status.reason == "unsupported_language"
+
+
+def test_engine_knows_when_a_window_is_complete(settings: Settings) -> None:
+    """After a window's last segment the engine names the next window's start, never earlier."""
+    from runner.audio import decode
+    from runner.engine import EngineRequest
+
+    engine = WhisperTranscriber(settings)
+    audio = decode(FIXTURES / "long.ogg", max_seconds=600)
+    started = engine.transcribe(audio, EngineRequest(model="tiny.en"))
+    assert started.next_window is not None
+    marks = [(seg.seek, started.next_window()) for seg in started.segments]
+    seeks = sorted({seek for seek, _ in marks})
+    assert len(seeks) >= 4
+    for n, seek in enumerate(seeks):
+        ends = [end for s, end in marks if s == seek]
+        assert ends[:-1] == [None] * (len(ends) - 1)
+        following = seeks[n + 1] / 100 if n + 1 < len(seeks) else None
+        if following is not None:
+            assert ends[-1] == following
+        else:
+            assert ends[-1] is not None and abs(ends[-1] - audio.duration) < 0.05

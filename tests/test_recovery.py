@@ -264,16 +264,27 @@ async def test_checkpoints_expire(fast: Settings, redis: RedisClient) -> None:
 async def test_checkpoints_written_incrementally_and_removed(
     fast: Settings, redis: RedisClient
 ) -> None:
-    """A checkpoint is written at each closed window and deleted on completion."""
-    client = Client(redis, fast)
-    job_id = await client.submit(LONG)
+    """A checkpoint is written as each window closes and is deleted on completion.
+
+    When the engine says a window is complete, it is saved at once; otherwise when the next
+    window's first segment arrives (so the last window is never saved before the commit).
+    """
     keys = Keys(fast.prefix)
-    async with running(Worker(fast, redis, FakeTranscriber(delay=0.1))):
-        with anyio.fail_after(20):
-            await client.wait(job_id)
-    events = await redis.xrange(keys.events)
-    saved = [json.loads(f[b"data"]) for _, f in events if f[b"type"] == b"job.checkpointed"]
-    assert [s["segments"] for s in saved] == [1, 2, 3, 4]
+    client = Client(redis, fast)
+    for knows, expected in ((True, [1, 2, 3, 4, 5]), (False, [1, 2, 3, 4])):
+        job_id = await client.submit(LONG, job_id=f"knows-{knows}")
+        engine = FakeTranscriber(delay=0.1, knows_window_ends=knows)
+        async with running(Worker(fast, redis, engine)):
+            with anyio.fail_after(20):
+                await client.wait(job_id)
+        events = await redis.xrange(keys.events)
+        saved = [
+            json.loads(f[b"data"])
+            for _, f in events
+            if f[b"type"] == b"job.checkpointed" and f[b"job_id"] == job_id.encode()
+        ]
+        assert [s["segments"] for s in saved] == expected
+        assert [s["processed_s"] for s in saved][:2] == [30.0, 60.0]
     assert not await redis.exists(keys.checkpoint(job_id), keys.checkpoint_segments(job_id))
 
 
