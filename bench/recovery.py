@@ -69,7 +69,7 @@ class Bench:
 
     def now(self) -> float:
         seconds, micros = self.redis.time()
-        return float(seconds) + micros / 1e6
+        return float(seconds) + float(micros) / 1e6
 
     @contextmanager
     def worker(self, name: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
