@@ -38,6 +38,10 @@ fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## bench: measure, and rewrite docs/benchmarks.md (takes several minutes)
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench
+
 ## fixtures: regenerate the speech samples (needs espeak-ng)
 fixtures: $(VENV)/.installed
 	$(BIN)/python scripts/make_fixtures.py

@@ -14,11 +14,13 @@ from typing import Any
 import anyio
 
 from .audio import Audio, decode, resolve_path
+from .breaker import Permit
 from .checkpoint import Checkpoint, Stage, Windows, resume_prompt
 from .engine import EngineRequest, Transcriber
 from .errors import AudioError, JobError, LeaseLost
 from .job import Job
 from .logs import get_logger
+from .retry import retrying
 from .settings import Settings
 from .store import Store
 from .transcript import Segment, Transcript
@@ -85,8 +87,14 @@ class Executor:
         self.limiter = limiter
         self.worker = worker
 
-    async def transcribe(self, attempt: Attempt, has_checkpoint: bool) -> Transcript:
-        """Run the attempt to the end and build its transcript (not yet committed)."""
+    async def transcribe(
+        self, attempt: Attempt, has_checkpoint: bool, permit: Permit | None = None
+    ) -> Transcript:
+        """Run the attempt to the end and build its transcript (not yet committed).
+
+        `permit` (from the model's circuit breaker) is told the engine works as soon as it
+        produces a window; engine failures are the caller's to report.
+        """
         job = attempt.job
         model = self.transcriber.resolve(job.model)
         audio = await self._load_audio(job)
@@ -138,6 +146,8 @@ class Executor:
                 next, started.segments, None, limiter=self.limiter, abandon_on_cancel=True
             )
             attempt.check()
+            if permit is not None:
+                permit.success()
             if segment is None:
                 break
             closed = attempt.windows.add(segment)
@@ -205,13 +215,21 @@ class Executor:
             "total_s": round(checkpoint.total_s, 3),
             "segments": len(checkpoint.segments),
         }
-        saved = await self.store.save_checkpoint(
-            checkpoint, fence=attempt.fence, base=attempt.saved, worker=self.worker, event=event
+        saved = await retrying(
+            "checkpoint",
+            lambda: self.store.save_checkpoint(
+                checkpoint, fence=attempt.fence, base=attempt.saved, worker=self.worker, event=event
+            ),
+            within=self.settings.retry_seconds,
         )
         if saved == -1:
             # The stored segments are fewer than we thought (expired?): write them all again.
-            saved = await self.store.save_checkpoint(
-                checkpoint, fence=attempt.fence, base=0, worker=self.worker, event=event
+            saved = await retrying(
+                "checkpoint",
+                lambda: self.store.save_checkpoint(
+                    checkpoint, fence=attempt.fence, base=0, worker=self.worker, event=event
+                ),
+                within=self.settings.retry_seconds,
             )
         if saved == 0:
             log.warning("job.fenced", fence=attempt.fence, stage="checkpoint")
@@ -221,7 +239,11 @@ class Executor:
         log.debug("job.checkpointed", **event)
 
     async def _checkpoint_to_resume(self, attempt: Attempt) -> Checkpoint | None:
-        checkpoint = await self.store.load_checkpoint(attempt.job_id)
+        checkpoint = await retrying(
+            "load checkpoint",
+            lambda: self.store.load_checkpoint(attempt.job_id),
+            within=self.settings.retry_seconds,
+        )
         if checkpoint is None:
             log.warning("job.checkpoint_unusable", reason="missing or inconsistent")
             return None
@@ -247,7 +269,10 @@ class Executor:
                 limiter=self.limiter,
             )
         assert job.audio_key is not None
-        data = await self._audio_bytes(job.audio_key)
+        key = job.audio_key
+        data = await retrying(
+            "read audio", lambda: self._audio_bytes(key), within=self.settings.retry_seconds
+        )
         label = f"key:{job.audio_key}"
         return await anyio.to_thread.run_sync(
             lambda: decode(data, max_seconds=limit, label=label), limiter=self.limiter

@@ -96,6 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="jobs at once (default: automatic)")
     _job_options(p)
 
+    p = sub.add_parser("dead", help="jobs that ended without a result: list, retry, purge")
+    dead = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = dead.add_parser("list", help="show dead letters, oldest first")
+    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--json", action="store_true", help="one JSON document")
+    q = dead.add_parser("retry", help="resubmit dead letters as fresh jobs (same id and fields)")
+    q.add_argument("refs", nargs="*", metavar="ID", help="dead letter id or job id")
+    q.add_argument("--all", action="store_true", help="every dead letter")
+    q = dead.add_parser("purge", help="delete dead letters")
+    q.add_argument("refs", nargs="*", metavar="ID", help="dead letter id or job id (default: all)")
+
     p = sub.add_parser("embedded", help="the embedded Redis used when no URL is set")
     p.add_argument("action", choices=("status", "stop"))
     return parser
@@ -288,6 +299,41 @@ def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
+async def _cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
+    from .dead import DeadLetters
+
+    async with Client.open(settings) as client:
+        letters = DeadLetters(client.store)
+        if args.action == "list":
+            found = await letters.entries(args.limit)
+            if args.json:
+                _print(json.dumps([d.to_dict() for d in found], ensure_ascii=False) + "\n")
+                return 0
+            total = await letters.count()
+            for d in found:
+                when = datetime.fromtimestamp(d.time, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                source = d.fields.get("audio") or d.fields.get("audio_key") or "-"
+                _print(
+                    f"{d.id}  {when}  job {d.job_id}  {d.error_class}/{d.reason}  "
+                    f"attempts {d.attempts}\n    {source}\n    {d.error}\n"
+                )
+            _print(f"{total} dead letter{'s' if total != 1 else ''}\n")
+            return 0
+        if args.action == "retry":
+            if args.all == bool(args.refs):
+                raise ConfigError("give dead letter ids or job ids, or --all")
+            ids = (
+                await letters.retry_all()
+                if args.all
+                else [await letters.retry(r) for r in args.refs]
+            )
+            _print("".join(f"retried {job_id}\n" for job_id in ids))
+            return 0
+        removed = await letters.purge(args.refs)
+        _print(f"purged {removed}\n")
+        return 0
+
+
 async def _cmd_embedded(args: argparse.Namespace, settings: Settings) -> int:
     server = EmbeddedRedis(settings.state_dir)
     if args.action == "stop":
@@ -303,6 +349,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]] =
     "status": _cmd_status,
     "result": _cmd_result,
     "transcribe": _cmd_transcribe,
+    "dead": _cmd_dead,
     "embedded": _cmd_embedded,
 }
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .breaker import BreakerConfig
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_MODEL", "ENV_PREFIX", "Settings", "auto_concurrency", "auto_cpu_threads"]
@@ -90,6 +91,24 @@ class Settings:
     events_maxlen: int = 100_000
     #: Time a stopping worker gives running jobs before handing them back.
     shutdown_grace_seconds: float = 30.0
+    #: How long a job's Redis writes are retried through an outage before the attempt is left
+    #: to the lease (and reclaimed later).
+    retry_seconds: float = 120.0
+    #: Circuit breaker (one per model and process): `rate` or `consecutive`.
+    breaker_mode: str = "rate"
+    #: rate mode: the share of engine failures among the last `breaker_window` jobs that opens it.
+    breaker_failure_rate: float = 0.5
+    breaker_window: int = 20
+    #: rate mode: no verdict on fewer jobs than this.
+    breaker_min_calls: int = 5
+    #: consecutive mode: engine failures in a row that open it.
+    breaker_consecutive: int = 5
+    #: Seconds the breaker stays open before probing.
+    breaker_open_seconds: float = 60.0
+    #: Jobs admitted at once as probes while half-open.
+    breaker_probes: int = 1
+    #: A probe without a verdict (its first window) after this long counts as a failure.
+    breaker_probe_seconds: float = 120.0
     #: Where the embedded Redis keeps its socket and data when no URL is set.
     state_dir: Path = field(default_factory=lambda: _default_state_dir(os.environ))
     #: `auto` (console on a terminal, JSON otherwise), `console` or `json`.
@@ -113,6 +132,19 @@ class Settings:
             )
         if not self.prefix:
             raise ConfigError(f"{ENV_PREFIX}PREFIX must not be empty")
+        self.breaker()  # refuses impossible breaker settings at start-up
+
+    def breaker(self) -> BreakerConfig:
+        return BreakerConfig(
+            mode=self.breaker_mode,
+            failure_rate=self.breaker_failure_rate,
+            window=self.breaker_window,
+            min_calls=self.breaker_min_calls,
+            consecutive=self.breaker_consecutive,
+            open_seconds=self.breaker_open_seconds,
+            probes=self.breaker_probes,
+            probe_seconds=self.breaker_probe_seconds,
+        )
 
     @property
     def effective_concurrency(self) -> int:

@@ -19,7 +19,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from .checkpoint import Checkpoint, Progress
-from .errors import JobNotFound
+from .errors import ErrorClass, JobNotFound
 from .job import Job, JobState
 from .keys import GROUP, Keys
 from .settings import Settings
@@ -35,12 +35,14 @@ __all__ = [
     "Lease",
     "Store",
     "decode_fields",
+    "load_script",
 ]
 
 Entry = tuple[str, dict[bytes, bytes]]
 
 
-def _load_script(redis: Redis, name: str) -> AsyncScript:
+def load_script(redis: Redis, name: str) -> AsyncScript:
+    """A Lua script from runner/lua, with the shared helpers of lib.lua in front."""
     lua = resources.files(__package__).joinpath("lua")
     body = lua.joinpath("lib.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
     return redis.register_script(body)
@@ -194,14 +196,15 @@ class Store:
         self.redis: Any = redis
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self._enqueue = _load_script(redis, "enqueue")
-        self._begin = _load_script(redis, "begin")
-        self._commit = _load_script(redis, "commit")
-        self._fail = _load_script(redis, "fail")
-        self._renew = _load_script(redis, "renew")
-        self._checkpoint = _load_script(redis, "checkpoint")
-        self._release = _load_script(redis, "release")
-        self._prune = _load_script(redis, "prune")
+        self._enqueue = load_script(redis, "enqueue")
+        self._begin = load_script(redis, "begin")
+        self._commit = load_script(redis, "commit")
+        self._fail = load_script(redis, "fail")
+        self._renew = load_script(redis, "renew")
+        self._checkpoint = load_script(redis, "checkpoint")
+        self._release = load_script(redis, "release")
+        self._prune = load_script(redis, "prune")
+        self._event = load_script(redis, "event")
 
     async def ensure_group(self) -> None:
         """Create the consumer group if missing, from id 0 so earlier entries are read too."""
@@ -339,8 +342,14 @@ class Store:
         fields: Mapping[str, str],
         state: JobState = JobState.FAILED,
         record: bool = True,
+        dead_letter: bool = True,
+        error_class: ErrorClass = ErrorClass.JOB,
     ) -> bool:
-        """End a job without a result and acknowledge its entry (fenced when `fence` is given)."""
+        """End a job without a result and acknowledge its entry (fenced when `fence` is given).
+
+        `record=False` leaves the job's record alone (the id belongs to another job);
+        `dead_letter` also files the entry in the dead-letter stream.
+        """
         ok = await self._fail(
             keys=[
                 self.keys.job(job_id),
@@ -350,6 +359,7 @@ class Store:
                 self.keys.checkpoint_segments(job_id),
                 self.keys.audio(job_id),
                 self.keys.entries,
+                self.keys.dead,
             ],
             args=[
                 "" if fence is None else fence,
@@ -364,6 +374,8 @@ class Store:
                 self.settings.events_maxlen,
                 json.dumps(dict(fields), ensure_ascii=False),
                 1 if record else 0,
+                1 if dead_letter else 0,
+                error_class.value,
             ],
         )
         return bool(ok)
@@ -495,6 +507,15 @@ class Store:
             ],
         )
         return bool(reply)
+
+    async def publish(
+        self, event: str, *, job_id: str = "", worker: str = "", data: Mapping[str, Any]
+    ) -> None:
+        """Publish an event that goes with no job state change."""
+        await self._event(
+            keys=[self.keys.events],
+            args=[self.settings.events_maxlen, event, job_id, worker, json.dumps(dict(data))],
+        )
 
     async def prune_consumers(self, names: Sequence[str]) -> int:
         """Delete these consumers from the group if they hold no pending entries."""

@@ -13,6 +13,9 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import TypeVar
 
 import anyio
 import structlog
@@ -20,15 +23,19 @@ from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
 from .attempt import Attempt, Executor
+from .breaker import BreakerState, CircuitBreaker, Permit
 from .checkpoint import Stage
 from .engine import Transcriber
-from .errors import EngineError, InvalidJob, JobError, LeaseLost, TransientError
+from .errors import EngineError, ErrorClass, InvalidJob, JobError, LeaseLost, TransientError
 from .job import Job, valid_id
 from .logs import get_logger
+from .retry import TRANSIENT, backoff, retrying
 from .settings import Settings
 from .store import BeginOutcome, Entry, Lease, Store, decode_fields
 
 __all__ = ["Worker", "consumer_name"]
+
+T = TypeVar("T")
 
 log = get_logger("runner.worker")
 
@@ -67,11 +74,15 @@ class Worker:
         self.completed = 0
         self.failed = 0
         self.reclaimed = 0
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.default_model = transcriber.resolve(None)
+        self._loaded: set[str] = set()
         self._limiter = anyio.CapacityLimiter(self.concurrency)
         self._executor = Executor(settings, self.store, transcriber, self._limiter, self.name)
         self._stopping = anyio.Event()
         self._slot_freed = anyio.Event()
         self._busy = 0
+        self._tg: TaskGroup | None = None
 
     def stop(self) -> None:
         """Stop reading; let running jobs finish within the grace, then hand them back."""
@@ -81,22 +92,43 @@ class Worker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def breaker(self, model: str) -> CircuitBreaker:
+        """The circuit breaker of one model (created on first use)."""
+        if model not in self.breakers:
+            self.breakers[model] = CircuitBreaker(
+                model, self.settings.breaker(), on_change=self._breaker_changed
+            )
+        return self.breakers[model]
+
+    def _breaker_changed(self, breaker: CircuitBreaker, state: BreakerState, reason: str) -> None:
+        event = "breaker.opened" if state is BreakerState.OPEN else f"breaker.{state.value}"
+        report = log.error if state is BreakerState.OPEN else log.warning
+        report(event, model=breaker.name, reason=reason, open_s=self.settings.breaker_open_seconds)
+        if self._tg is not None:
+            self._tg.start_soon(self._publish, event, {"model": breaker.name, "reason": reason})
+
+    async def _publish(self, event: str, data: dict[str, str]) -> None:
+        try:
+            await self.store.publish(event, worker=self.name, data=data)
+        except TRANSIENT as exc:
+            log.warning("event.lost", event_type=event, error=str(exc))
+
     async def run(self) -> None:
         """Run until stopped (or, in burst mode, until nothing is left for this worker)."""
         structlog.contextvars.bind_contextvars(worker=self.name)
-        await self.store.ensure_group()
-        default = self.transcriber.resolve(None)
-        await anyio.to_thread.run_sync(self.transcriber.load, default)
-        log.info(
-            "worker.started",
-            concurrency=self.concurrency,
-            model=default,
-            burst=self.burst,
-            stream=self.store.keys.stream,
-            lease_s=self.settings.lease_seconds,
-        )
+        await retrying("create group", self.store.ensure_group, within=self.settings.retry_seconds)
         with anyio.CancelScope() as hard_stop:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await self._load_default_model()
+                log.info(
+                    "worker.started",
+                    concurrency=self.concurrency,
+                    model=self.default_model,
+                    burst=self.burst,
+                    stream=self.store.keys.stream,
+                    lease_s=self.settings.lease_seconds,
+                )
                 if self.handle_signals:
                     tg.start_soon(self._watch_signals, hard_stop)
                 tg.start_soon(self._heartbeat)
@@ -104,7 +136,9 @@ class Worker:
                     await self._consume(jobs)
                     await self._drain(jobs)
                 tg.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            self._tg = None
+            # Pruned later by a peer if Redis is away now.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5), suppress(*TRANSIENT):
                 await self.store.prune_consumers([self.name])
         log.info(
             "worker.stopped",
@@ -128,42 +162,84 @@ class Worker:
 
     # -- reading and reclaiming ---------------------------------------------------------------
 
+    async def _load_default_model(self) -> bool:
+        """Load the default model; a failure opens its breaker instead of ending the worker."""
+        breaker = self.breaker(self.default_model)
+        permit = breaker.allow() if breaker.state is BreakerState.HALF_OPEN else None
+        try:
+            await anyio.to_thread.run_sync(self.transcriber.load, self.default_model)
+        except EngineError as exc:
+            if permit is not None:
+                permit.failure(str(exc))
+            else:
+                breaker.trip(str(exc))
+            return False
+        if permit is not None:
+            permit.success()
+        self._loaded.add(self.default_model)
+        return True
+
     async def _consume(self, jobs: TaskGroup) -> None:
         block_ms = min(self.settings.block_ms, 100) if self.burst else self.settings.block_ms
         reclaim_every = self.settings.reclaim_seconds
         next_reclaim = 0.0
+        failures = 0
+        reclaimable = -1  # unknown until the first reclaim pass
+        breaker = self.breaker(self.default_model)
         while not self.stopping:
             free = self.concurrency - self._busy
             if free <= 0:
                 await self._wait_slot()
                 continue
+            allowed = breaker.available()
+            if allowed == 0:
+                if self.burst and self._busy == 0:
+                    log.warning("worker.drained", reason="breaker open")
+                    return
+                await self._wait_breaker(breaker)
+                continue
+            if self.default_model not in self._loaded:
+                await self._load_default_model()  # the probe of a model that would not load
+                continue
+            count = free if allowed is None else min(free, allowed)
             try:
                 if anyio.current_time() >= next_reclaim:
                     next_reclaim = anyio.current_time() + reclaim_every
-                    if await self._reclaim(jobs, free):
+                    reclaimable = await self._reclaim(jobs, count, breaker)
+                    if reclaimable:
                         continue
-                    free = self.concurrency - self._busy
+                    count = min(count, self.concurrency - self._busy)
                 wait_ms = max(1, int((next_reclaim - anyio.current_time()) * 1000))
-                entries = await self.store.read(self.name, free, min(block_ms, wait_ms))
-            except TransientError as exc:  # pragma: no cover - reconnects come with retries
-                log.warning("worker.read_failed", error=str(exc))
-                await anyio.sleep(1)
+                entries = await self.store.read(self.name, count, min(block_ms, wait_ms))
+                failures = 0
+            except TRANSIENT as exc:
+                if failures == 0:
+                    log.warning("worker.redis_unavailable", error=str(exc) or type(exc).__name__)
+                await anyio.sleep(backoff(failures))
+                failures += 1
                 continue
             if not entries:
-                if self.burst and self._busy == 0 and anyio.current_time() < next_reclaim:
+                # Burst: nothing new, nothing running, and the last reclaim pass found nothing.
+                if self.burst and self._busy == 0 and reclaimable == 0:
                     log.info("worker.drained")
                     return
                 if self.burst and self._busy:
                     await self._wait_slot()
                 continue
             for entry in entries:
-                self._start(jobs, entry)
+                self._start(jobs, entry, breaker.allow())
 
-    def _start(self, jobs: TaskGroup, entry: Entry) -> None:
+    async def _wait_breaker(self, breaker: CircuitBreaker) -> None:
+        """Wait while the breaker admits nothing (open, or its probes all out)."""
+        wait = breaker.seconds_until_probe() or 0.2
+        with anyio.move_on_after(min(wait, 1.0)):
+            await self._stopping.wait()
+
+    def _start(self, jobs: TaskGroup, entry: Entry, permit: Permit | None) -> None:
         self._busy += 1
-        jobs.start_soon(self._run_entry, entry)
+        jobs.start_soon(self._run_entry, entry, permit)
 
-    async def _reclaim(self, jobs: TaskGroup, free: int) -> int:
+    async def _reclaim(self, jobs: TaskGroup, free: int, breaker: CircuitBreaker) -> int:
         """Claim entries idle past the lease (their workers died or froze); returns how many."""
         cursor, taken = "0-0", 0
         while free > taken:
@@ -172,7 +248,7 @@ class Worker:
                 await self._reap(claimed.deleted)
             for entry in claimed.entries:
                 log.info("entry.reclaimed", entry=entry[0])
-                self._start(jobs, entry)
+                self._start(jobs, entry, breaker.allow())
             taken += len(claimed.entries)
             cursor = claimed.cursor
             if cursor == "0-0":
@@ -195,6 +271,7 @@ class Worker:
                     error="the job's stream entry was deleted while it was pending",
                     worker=self.name,
                     fields={},
+                    dead_letter=False,
                 )
 
     async def _wait_slot(self) -> None:
@@ -221,6 +298,8 @@ class Worker:
         next_prune = anyio.current_time() + _PRUNE_EVERY_S
         while True:
             await anyio.sleep(self.settings.heartbeat_seconds)
+            for breaker in self.breakers.values():
+                _ = breaker.state  # cuts probes past their deadline, even with every slot busy
             if anyio.current_time() >= next_prune:
                 next_prune = anyio.current_time() + _PRUNE_EVERY_S
                 await self._prune_consumers()
@@ -230,8 +309,8 @@ class Worker:
             leases = [(a.job_id, a.entry_id, a.fence) for a in attempts]
             try:
                 results = await self.store.renew(self.name, leases)
-            except (TransientError, OSError) as exc:
-                log.warning("lease.renew_failed", error=str(exc))
+            except TRANSIENT as exc:
+                log.warning("lease.renew_failed", error=str(exc) or type(exc).__name__)
                 continue
             for attempt, lease in zip(attempts, results, strict=True):
                 if lease is Lease.LOST and not attempt.lost:
@@ -246,7 +325,7 @@ class Worker:
         try:
             idle = await self.store.idle_consumers(_CONSUMER_IDLE_S)
             removed = await self.store.prune_consumers([n for n in idle if n != self.name])
-        except (TransientError, OSError) as exc:
+        except TRANSIENT as exc:
             log.warning("consumers.prune_failed", error=str(exc))
             return
         if removed:
@@ -254,16 +333,24 @@ class Worker:
 
     # -- one job ------------------------------------------------------------------------------
 
-    async def _run_entry(self, entry: Entry) -> None:
+    async def _run_entry(self, entry: Entry, permit: Permit | None) -> None:
         entry_id, raw = entry
         try:
             with structlog.contextvars.bound_contextvars(entry=entry_id):
-                await self._process(entry_id, raw)
+                await self._process(entry_id, raw, permit)
+        except TransientError as exc:
+            # Redis stayed away longer than the retries: the lease brings the job back later.
+            log.error("job.abandoned", entry=entry_id, error=str(exc))
         finally:
+            if permit is not None:
+                permit.release()
             self._busy -= 1
             self._slot_freed.set()
 
-    async def _process(self, entry_id: str, raw: dict[bytes, bytes]) -> None:
+    async def _redis(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(what, op, within=self.settings.retry_seconds)
+
+    async def _process(self, entry_id: str, raw: dict[bytes, bytes], permit: Permit | None) -> None:
         fields = decode_fields(raw)
         try:
             job = Job.from_fields(raw, entry_id)
@@ -273,8 +360,9 @@ class Worker:
             return
         structlog.contextvars.bind_contextvars(job_id=job.job_id)
         digest = job.digest()
-        begin = await self.store.begin(
-            entry_id, job.job_id, self.name, digest=digest, fields=fields
+        begin = await self._redis(
+            "begin",
+            lambda: self.store.begin(entry_id, job.job_id, self.name, digest=digest, fields=fields),
         )
         if begin.outcome is BeginOutcome.CONFLICT:
             error = InvalidJob(
@@ -291,29 +379,39 @@ class Worker:
             log.info("job.skipped", outcome=begin.outcome.value, state=begin.state)
             return
         attempt = Attempt(job, entry_id, begin.fence, begin.attempts, digest)
-        self.running[job.job_id] = attempt
         try:
-            await self._attempt(attempt, fields, begin.checkpoint)
-        finally:
-            self.running.pop(job.job_id, None)
-
-    async def _attempt(self, attempt: Attempt, fields: dict[str, str], resume: bool) -> None:
-        try:
-            transcript = await self._executor.transcribe(attempt, resume)
+            model = self.transcriber.resolve(job.model)
         except JobError as exc:
             await self._fail(attempt, exc, fields)
             return
+        if model != self.default_model:
+            if permit is not None:
+                permit.release()
+            permit = self.breaker(model).allow()
+        if permit is None:
+            # The model's breaker is open: hand the job to a worker whose engine works.
+            await self._release(attempt, charge=False, reason="breaker_open")
+            return
+        self.running[job.job_id] = attempt
+        try:
+            await self._attempt(attempt, fields, begin.checkpoint, permit)
+        finally:
+            self.running.pop(job.job_id, None)
+
+    async def _attempt(
+        self, attempt: Attempt, fields: dict[str, str], resume: bool, permit: Permit
+    ) -> None:
+        try:
+            transcript = await self._executor.transcribe(attempt, resume, permit)
+        except JobError as exc:
+            permit.release()
+            await self._fail(attempt, exc, fields)
+            return
         except EngineError as exc:
+            permit.failure(str(exc))
             log.error("job.engine_failed", error=str(exc), attempt=attempt.attempts)
-            await self.store.release(
-                attempt.job_id,
-                entry_id=attempt.entry_id,
-                fence=attempt.fence,
-                consumer=self.name,
-                charge=True,
-                reason="engine_error",
-                error=str(exc),
-            )
+            # Not the job's fault: it goes back uncharged for a healthy engine to take.
+            await self._release(attempt, charge=False, reason="engine_error", error=str(exc))
             return
         except LeaseLost:
             log.warning("job.dropped", reason="lease lost", fence=attempt.fence)
@@ -323,17 +421,20 @@ class Worker:
                 await self._hand_back(attempt)
             raise
         wall = time.monotonic() - attempt.started
-        ok = await self.store.commit(
-            transcript,
-            fence=attempt.fence,
-            entry_id=attempt.entry_id,
-            worker=self.name,
-            event={
-                "audio_s": round(transcript.duration, 3),
-                "wall_s": round(wall, 3),
-                "attempt": attempt.attempts,
-                "resumed_from": transcript.resumed_from,
-            },
+        ok = await self._redis(
+            "commit",
+            lambda: self.store.commit(
+                transcript,
+                fence=attempt.fence,
+                entry_id=attempt.entry_id,
+                worker=self.name,
+                event={
+                    "audio_s": round(transcript.duration, 3),
+                    "wall_s": round(wall, 3),
+                    "attempt": attempt.attempts,
+                    "resumed_from": transcript.resumed_from,
+                },
+            ),
         )
         if not ok:
             log.warning("job.fenced", fence=attempt.fence, stage="commit")
@@ -350,15 +451,34 @@ class Worker:
             segments=len(transcript.segments),
         )
 
+    async def _release(
+        self, attempt: Attempt, *, charge: bool, reason: str, error: str = ""
+    ) -> bool:
+        return await self._redis(
+            "release",
+            lambda: self.store.release(
+                attempt.job_id,
+                entry_id=attempt.entry_id,
+                fence=attempt.fence,
+                consumer=self.name,
+                charge=charge,
+                reason=reason,
+                error=error,
+            ),
+        )
+
     async def _fail(self, attempt: Attempt, exc: JobError, fields: dict[str, str]) -> None:
-        ok = await self.store.fail(
-            attempt.job_id,
-            entry_id=attempt.entry_id,
-            fence=attempt.fence,
-            reason=exc.reason,
-            error=exc.message,
-            worker=self.name,
-            fields=fields,
+        ok = await self._redis(
+            "fail",
+            lambda: self.store.fail(
+                attempt.job_id,
+                entry_id=attempt.entry_id,
+                fence=attempt.fence,
+                reason=exc.reason,
+                error=exc.message,
+                worker=self.name,
+                fields=fields,
+            ),
         )
         self.failed += ok
         log.warning("job.failed", reason=exc.reason, error=exc.message, recorded=ok)
@@ -396,16 +516,21 @@ class Worker:
         *,
         record: bool = True,
     ) -> None:
-        """Fail an entry that never became an attempt (it could not even be parsed)."""
-        await self.store.fail(
-            job_id,
-            entry_id=entry_id,
-            fence=None,
-            reason=error.reason,
-            error=error.message,
-            worker=self.name,
-            fields=fields,
-            record=record,
+        """Fail and dead-letter an entry that never became an attempt (it could not be parsed,
+        or its job id belongs to another job)."""
+        await self._redis(
+            "fail",
+            lambda: self.store.fail(
+                job_id,
+                entry_id=entry_id,
+                fence=None,
+                reason=error.reason,
+                error=error.message,
+                worker=self.name,
+                fields=fields,
+                record=record,
+                error_class=ErrorClass.JOB,
+            ),
         )
         self.failed += 1
         log.warning("job.failed", job_id=job_id, reason=error.reason, error=error.message)

@@ -368,4 +368,6 @@ async def test_stop_hands_jobs_back_without_charging_them(
     assert peer_engine.requests[0].clip_start == result.resumed_from
     assert [s.text for s in result.segments] == [f" window {n}" for n in range(5)]
     status = await client.status(job_id)
-    assert [h["charged"] for h in status.history] == [True, False]
+    assert status.attempts == 1
+    assert [(h["attempt"], h["worker"]) for h in status.history] == [(1, "first"), (1, "peer")]
+    assert status.history[0]["released"] == "shutdown"

@@ -1,6 +1,7 @@
 -- Start an attempt at a job: check this consumer holds the entry, take a new fencing token.
 -- KEYS: job, stream, events, checkpoint, checkpoint segments, dead letters, entries index
 -- ARGV: entry, job_id, consumer, group, digest, fields_json, events_maxlen, max_attempts, ttl
+-- Attempts count every start; a handed-back attempt is refunded by the release script.
 -- Returns {outcome, ...}:
 --   {'ok', fence, attempts, deliveries, has_checkpoint}  the attempt is ours
 --   {'lost'}                  another consumer holds the entry now
@@ -16,9 +17,9 @@ if owner ~= consumer then
   return {'lost'}
 end
 local h = redis.call('HMGET', job, 'state', 'entry', 'digest', 'attempts', 'worker',
-  'uncharged', 'history', 'error', 'fields')
+  'history', 'error', 'fields')
 local state, known_entry, digest = h[1], h[2], h[3]
-local attempts, previous, uncharged = tonumber(h[4] or 0), h[5], h[6]
+local attempts, previous = tonumber(h[4] or 0), h[5]
 local t = now()
 if state then
   if known_entry and known_entry ~= entry then
@@ -42,8 +43,8 @@ else
   redis.call('HSET', KEYS[7], entry, job_id)
 end
 
-local history = cjson.decode(h[7] or '[]')
-local last_error = h[8] or ''
+local history = cjson.decode(h[6] or '[]')
+local last_error = h[7] or ''
 if state == 'running' and previous and previous ~= '' then
   -- The last attempt never ended: its worker died or froze past its lease.
   last_error = 'attempt ' .. attempts .. ' on ' .. previous .. ' did not finish'
@@ -51,12 +52,11 @@ if state == 'running' and previous and previous ~= '' then
     cjson.encode({from = previous, attempt = attempts}))
 end
 
-local charge = uncharged ~= '1'
-if charge and attempts >= tonumber(ARGV[8]) then
+if attempts >= tonumber(ARGV[8]) then
   local reason = 'gave up after ' .. attempts .. ' attempts'
   if last_error ~= '' then reason = reason .. '; last: ' .. last_error end
   redis.call('XADD', KEYS[6], '*', 'job_id', job_id, 'entry', entry,
-    'fields', h[9] or ARGV[6], 'reason', 'max_deliveries', 'error_class', 'job',
+    'fields', h[8] or ARGV[6], 'reason', 'max_deliveries', 'error_class', 'job',
     'error', reason, 'attempts', attempts, 'deliveries', deliveries,
     'history', cjson.encode(history), 'time', t)
   redis.call('HSET', job, 'state', 'dead', 'reason', 'max_deliveries', 'error', reason,
@@ -70,16 +70,12 @@ if charge and attempts >= tonumber(ARGV[8]) then
     cjson.encode({reason = 'max_deliveries', error = reason, attempts = attempts}))
   return {'dead', attempts}
 end
-if charge then
-  attempts = redis.call('HINCRBY', job, 'attempts', 1)
-end
+attempts = redis.call('HINCRBY', job, 'attempts', 1)
 local fence = redis.call('HINCRBY', job, 'fence', 1)
-table.insert(history, {attempt = attempts, worker = consumer, at = t, delivery = deliveries,
-  charged = charge})
+table.insert(history, {attempt = attempts, worker = consumer, at = t, delivery = deliveries})
 while #history > 20 do table.remove(history, 1) end
 redis.call('HSET', job, 'state', 'running', 'worker', consumer, 'started_at', t,
   'history', cjson.encode(history), 'error', last_error)
-redis.call('HDEL', job, 'uncharged')
 emit(events, maxlen, 'job.started', t, job_id, consumer,
   cjson.encode({attempt = attempts, delivery = deliveries}))
 return {'ok', fence, attempts, deliveries, redis.call('EXISTS', KEYS[4])}

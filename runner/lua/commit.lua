@@ -3,8 +3,12 @@
 --       entries index
 -- ARGV: fence, entry, group, result_json, result_ttl, job_id, worker, events_maxlen, event_data
 local job, result, stream, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if redis.call('HGET', job, 'fence') ~= ARGV[1] then
+local h = redis.call('HMGET', job, 'fence', 'state')
+if h[1] ~= ARGV[1] then
   return 0
+end
+if h[2] == 'completed' then
+  return 1  -- a retried call after a lost reply: already done
 end
 local t = now()
 local ttl = tonumber(ARGV[5])

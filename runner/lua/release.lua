@@ -1,7 +1,7 @@
 -- Hand a running job back so that any worker resumes it now, not after the lease.
 -- KEYS: job, stream, events
--- ARGV: fence, entry, group, consumer, idle_ms, charge ('0': this attempt is not counted
---       against the job), reason, events_maxlen, job_id, error
+-- ARGV: fence, entry, group, consumer, idle_ms, charge ('0': this attempt is refunded, it
+--       does not count against the job's maximum), reason, events_maxlen, job_id, error
 -- Returns 1 released, 0 not ours any more.
 local job, stream = KEYS[1], KEYS[2]
 if redis.call('HGET', job, 'fence') ~= ARGV[1] then
@@ -15,11 +15,21 @@ redis.call('XCLAIM', stream, ARGV[3], ARGV[4], 0, ARGV[2], 'IDLE', ARGV[5], 'JUS
 -- A new token: nothing this attempt still has in flight can write any more.
 redis.call('HINCRBY', job, 'fence', 1)
 redis.call('HSET', job, 'state', 'queued', 'worker', '')
-if ARGV[6] == '0' then
-  redis.call('HSET', job, 'uncharged', '1')
+local h = redis.call('HMGET', job, 'attempts', 'history')
+if ARGV[6] == '0' and tonumber(h[1] or 0) > 0 then
+  redis.call('HINCRBY', job, 'attempts', -1)
+end
+local history = cjson.decode(h[2] or '[]')
+if #history > 0 then
+  history[#history]['released'] = ARGV[7]
+  history[#history]['charged'] = ARGV[6] ~= '0'
+  redis.call('HSET', job, 'history', cjson.encode(history))
 end
 if ARGV[10] ~= '' then
   redis.call('HSET', job, 'error', ARGV[10])
+end
+if ARGV[7] == 'engine_error' then
+  redis.call('HINCRBY', job, 'engine_failures', 1)
 end
 emit(KEYS[3], ARGV[8], 'job.released', now(), ARGV[9], ARGV[4],
   cjson.encode({reason = ARGV[7], charged = ARGV[6] ~= '0'}))
