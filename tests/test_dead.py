@@ -1,0 +1,63 @@
+"""Dead letters from the command line: list, fix the cause, retry; purge."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from runner.job import JobState
+from runner.keys import Keys
+from runner.producer import Client
+from runner.settings import Settings
+
+from .conftest import FIXTURES, RedisClient
+from .fakes import FakeTranscriber
+from .helpers import burst, run_cli, runner_env
+
+
+async def test_list_retry_purge(settings: Settings, redis: RedisClient, tmp_path: Path) -> None:
+    """A job whose file was missing is listed, retried once the file exists, and completes."""
+    env = runner_env(settings)
+    client = Client(redis, settings)
+    late = tmp_path / "late.wav"
+    await client.submit(late, job_id="late-file", client_id="team-a")
+    await client.submit(tmp_path / "never.wav", job_id="never")
+    await burst(settings, redis, FakeTranscriber())
+    listed = run_cli("dead", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "job late-file" in listed.stdout and "job/missing_file" in listed.stdout
+    assert "2 dead letters" in listed.stdout
+    letters = json.loads(run_cli("dead", "list", "--json", env=env).stdout)
+    assert {d["job_id"] for d in letters} == {"late-file", "never"}
+    assert letters[0]["fields"]["client_id"] == "team-a"
+
+    shutil.copy(FIXTURES / "hello.wav", late)
+    out = run_cli("dead", "retry", "late-file", env=env)
+    assert out.returncode == 0 and out.stdout == "retried late-file\n"
+    assert (await client.status("late-file")).state is JobState.QUEUED
+    await burst(settings, redis, FakeTranscriber())
+    assert (await client.result("late-file")).text == "window 0"
+    assert (await client.status("late-file")).attempts == 1
+    remaining = json.loads(run_cli("dead", "list", "--json", env=env).stdout)
+    assert [d["job_id"] for d in remaining] == ["never"]
+
+    assert run_cli("dead", "retry", env=env).returncode == 2
+    assert run_cli("dead", "purge", env=env).stdout == "purged 1\n"
+    assert await redis.xlen(Keys(settings.prefix).dead) == 0
+    missing = run_cli("dead", "retry", "nothing-here", env=env)
+    assert missing.returncode == 1 and "no job 'nothing-here'" in missing.stderr
+
+
+async def test_retry_all(settings: Settings, redis: RedisClient, tmp_path: Path) -> None:
+    """`dead retry --all` resubmits every dead letter."""
+    client = Client(redis, settings)
+    for n in range(3):
+        await client.submit(tmp_path / f"x{n}.wav", job_id=f"x{n}")
+    await burst(settings, redis, FakeTranscriber())
+    for n in range(3):
+        shutil.copy(FIXTURES / "hello.wav", tmp_path / f"x{n}.wav")
+    out = run_cli("dead", "retry", "--all", env=runner_env(settings))
+    assert sorted(out.stdout.split("\n")[:-1]) == [f"retried x{n}" for n in range(3)]
+    worker = await burst(settings, redis, FakeTranscriber())
+    assert worker.completed == 3
