@@ -20,7 +20,8 @@ from .engine import EngineRequest, Transcriber
 from .errors import AudioError, JobError, LeaseLost
 from .job import Job
 from .logs import get_logger
-from .retry import retrying
+from .metrics import Metrics
+from .retry import TRANSIENT, retrying
 from .settings import Settings
 from .store import Store
 from .transcript import Segment, Transcript
@@ -80,12 +81,14 @@ class Executor:
         transcriber: Transcriber,
         limiter: anyio.CapacityLimiter,
         worker: str,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.transcriber = transcriber
         self.limiter = limiter
         self.worker = worker
+        self.metrics = metrics
 
     async def transcribe(
         self, attempt: Attempt, has_checkpoint: bool, permit: Permit | None = None
@@ -155,8 +158,10 @@ class Executor:
             if next_start is not None:
                 attempt.windows.close(next_start)
                 closed = True
-            if closed and self._checkpoint_due(attempt):
-                await self.checkpoint(attempt)
+            if closed:
+                await self._progress(attempt)
+                if self._checkpoint_due(attempt):
+                    await self.checkpoint(attempt)
         segments = attempt.windows.finish()
         attempt.stage = Stage.POSTPROCESSING
         done = time.monotonic()
@@ -191,6 +196,23 @@ class Executor:
             # faster-whisper ignores the VAD filter when it is given a start point.
             options["vad_filter_after_resume"] = False
         return options
+
+    async def _progress(self, attempt: Attempt) -> None:
+        """Publish `job.progress` for a completed window (lost quietly if Redis is away)."""
+        try:
+            await self.store.publish(
+                "job.progress",
+                job_id=attempt.job_id,
+                worker=self.worker,
+                data={
+                    "processed_s": round(attempt.processed_s, 3),
+                    "total_s": round(attempt.total_s, 3),
+                    "segments": len(attempt.windows.committed),
+                    "attempt": attempt.attempts,
+                },
+            )
+        except TRANSIENT as exc:
+            log.debug("event.lost", event_type="job.progress", error=str(exc))
 
     def _checkpoint_due(self, attempt: Attempt) -> bool:
         return time.monotonic() - attempt.last_save >= self.settings.checkpoint_seconds
@@ -236,6 +258,7 @@ class Executor:
             raise LeaseLost(attempt.job_id, attempt.fence)
         attempt.saved = len(checkpoint.segments)
         attempt.last_save = time.monotonic()
+        self.metrics.checkpoints.inc()
         log.debug("job.checkpointed", **event)
 
     async def _checkpoint_to_resume(self, attempt: Attempt) -> Checkpoint | None:

@@ -32,8 +32,10 @@ from .errors import (
     TransientError,
 )
 from .formats import FORMATS, render
+from .job import JobState
 from .logs import configure
 from .producer import Client
+from .progress import ProgressView
 from .settings import Settings
 from .store import JobStatus
 from .transcript import Transcript
@@ -71,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="jobs at once (env RUNNER_CONCURRENCY)")
     p.add_argument("--burst", action="store_true", help="exit once nothing is left to read")
     p.add_argument("--model", help="default model (env RUNNER_MODEL)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics (and health)")
+    p.add_argument("--health-port", type=int, help="serve /healthz and /readyz (and metrics)")
 
     p = sub.add_parser("submit", help="queue audio files as jobs")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -84,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="show a job's state")
     p.add_argument("job_id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+
+    p = sub.add_parser("watch", help="follow a job's progress until it ends")
+    p.add_argument("job_id", metavar="ID")
+
+    p = sub.add_parser("cancel", help="cancel a queued or running job")
+    p.add_argument("job_id", metavar="ID")
+
+    p = sub.add_parser("stats", help="queue, workers and totals")
     p.add_argument("--json", action="store_true", help="one JSON document")
 
     p = sub.add_parser("result", help="print a finished job's transcript")
@@ -200,7 +213,12 @@ async def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from .engine import WhisperTranscriber
     from .worker import Worker
 
-    settings = settings.with_(concurrency=args.concurrency, model=args.model)
+    settings = settings.with_(
+        concurrency=args.concurrency,
+        model=args.model,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+    )
     async with open_redis(settings) as redis:
         worker = Worker(
             settings, redis, WhisperTranscriber(settings), burst=args.burst, handle_signals=True
@@ -228,9 +246,14 @@ async def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 _print("".join(f"{job_id}\n" for job_id in ids))
             return 0
+        view = None
+        if sys.stderr.isatty():
+            view = ProgressView(sys.stderr, tty=True)
+            for job_id, name in ids.items():
+                view.add(job_id, Path(name).name)
         try:
             with anyio.fail_after(args.timeout):
-                outcomes = await client.wait_all(list(ids))
+                outcomes = await client.wait_all(list(ids), on_event=view)
         except TimeoutError:
             sys.stderr.write(f"runner: timed out after {args.timeout:g} s waiting for jobs\n")
             return EXIT_FAILED
@@ -241,6 +264,80 @@ async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     async with Client.open(settings) as client:
         status = await client.status(args.job_id)
     _print(json.dumps(status.to_dict()) + "\n" if args.json else _show_status(status))
+    return 0
+
+
+def _outcome_line(status: JobStatus) -> str:
+    took = ""
+    if status.finished_at and status.created_at:
+        took = f" in {status.finished_at - status.created_at:.1f} s"
+    line = f"{status.state.value}{took}, {status.attempts} attempt(s)"
+    if status.error:
+        line += f": {status.error}"
+    return line
+
+
+async def _cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from .events import TERMINAL_EVENTS, follow, newest_id
+
+    async with Client.open(settings) as client:
+        store = client.store
+        after = await newest_id(store.redis, store.keys)
+        status = await client.status(args.job_id)
+        view = ProgressView(sys.stdout, tty=sys.stdout.isatty())
+        view.add(args.job_id, args.job_id)
+        if not status.state.terminal:
+            if status.progress is not None:
+                p = status.progress
+                view.seed(args.job_id, p.processed_s, p.total_s, p.worker)
+            else:
+                _print(f"{status.state.value}" + (f" on {status.worker}" if status.worker else ""))
+                _print("\n")
+            async for event in follow(store.redis, store.keys, {args.job_id}, after=after):
+                if event is not None:
+                    view(event)
+                if event is None or event.type in TERMINAL_EVENTS:
+                    status = await client.status(args.job_id)
+                    if status.state.terminal:
+                        break
+        view.finish(args.job_id, _outcome_line(status))
+    return 0 if status.state is JobState.COMPLETED else EXIT_FAILED
+
+
+async def _cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    async with Client.open(settings) as client:
+        cancelled = await client.cancel(args.job_id)
+        status = await client.status(args.job_id)
+    _print("cancelled\n" if cancelled else f"already {status.state.value}\n")
+    return 0
+
+
+async def _cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from .stats import collect
+
+    async with Client.open(settings) as client:
+        stats = await collect(
+            client.store.redis, client.store.keys, heartbeat_seconds=settings.heartbeat_seconds
+        )
+    if args.json:
+        _print(json.dumps(stats.to_dict()) + "\n")
+        return 0
+    jobs = stats.jobs
+    lines = [
+        f"stream    {stats.stream_length} entries: {stats.lag} waiting, {stats.pending} pending",
+        "jobs      " + ", ".join(f"{k} {v}" for k, v in jobs.items()),
+        f"dead      {stats.dead_letters} dead letters",
+        f"workers   {len(stats.workers)} live",
+    ]
+    for w in stats.workers:
+        lines.append(
+            f"  {w.name}  {w.busy}/{w.slots} busy  breaker {w.breaker}  model {w.model}  "
+            f"v{w.version}  seen {time.time() - w.last_seen:.0f} s ago"
+        )
+    lines.append(f"consumers {len(stats.consumers)}")
+    for c in stats.consumers:
+        lines.append(f"  {c['name']}  {c['pending']} pending  idle {c['idle_s']:.1f} s")
+    _print("\n".join(lines) + "\n")
     return 0
 
 
@@ -348,6 +445,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]] =
     "submit": _cmd_submit,
     "status": _cmd_status,
     "result": _cmd_result,
+    "watch": _cmd_watch,
+    "cancel": _cmd_cancel,
+    "stats": _cmd_stats,
     "transcribe": _cmd_transcribe,
     "dead": _cmd_dead,
     "embedded": _cmd_embedded,

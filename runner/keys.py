@@ -41,6 +41,11 @@ class Keys:
         return f"{self.prefix}:entries"
 
     @property
+    def counts(self) -> str:
+        """Hash of totals: jobs submitted, completed, failed, dead, cancelled."""
+        return f"{self.prefix}:counts"
+
+    @property
     def workers(self) -> str:
         """Sorted set of live workers' liveness keys, scored by last-seen time."""
         return f"{self.prefix}:workers"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from .connection import open_redis
 from .errors import InvalidJob, JobFailed, JobNotFound, RunnerError
+from .events import TERMINAL_EVENTS, Event, follow, newest_id
 from .job import Job, JobState, Task
 from .settings import Settings
 from .store import JobStatus, Store
@@ -23,7 +24,6 @@ __all__ = ["Client", "submit"]
 
 # Events are the fast path; this re-reads the records anyway, in case an event was trimmed away.
 _RECHECK_S = 5.0
-_TERMINAL_EVENTS = {b"job.completed", b"job.failed", b"job.dead", b"job.cancelled"}
 
 
 class Client:
@@ -123,40 +123,55 @@ class Client:
             raise outcome
         return outcome
 
-    async def wait_all(self, job_ids: Sequence[str]) -> dict[str, Transcript | RunnerError]:
-        """Wait until every job has ended; each maps to its transcript or its error."""
+    async def wait_all(
+        self,
+        job_ids: Sequence[str],
+        on_event: Callable[[Event], None] | None = None,
+    ) -> dict[str, Transcript | RunnerError]:
+        """Wait until every job has ended; each maps to its transcript or its error.
+
+        `on_event` sees each of their events as it comes (progress, for one). Bound the wait
+        with your own deadline (`anyio.fail_after`, `asyncio.timeout`).
+        """
         outcomes: dict[str, Transcript | RunnerError] = {}
         waiting = set(job_ids)
-        events = self.store.keys.events
-        redis: Any = self.store.redis
-        newest = await redis.xrevrange(events, count=1)
-        cursor = newest[0][0] if newest else b"0-0"
-        while True:
-            for job_id, status in (await self.store.statuses(sorted(waiting))).items():
-                if status is None:
-                    outcomes[job_id] = JobNotFound(job_id)
-                elif status.state.terminal:
-                    try:
-                        outcomes[job_id] = await self._outcome(status)
-                    except RunnerError as exc:
-                        outcomes[job_id] = exc
-                else:
-                    continue
-                waiting.discard(job_id)
+        after = await newest_id(self.store.redis, self.store.keys)
+        await self._settle(waiting, outcomes)
+        checked = anyio.current_time()
+        async for event in follow(self.store.redis, self.store.keys, waiting, after=after):
+            if event is not None and on_event is not None:
+                on_event(event)
+            ended = event is not None and event.type in TERMINAL_EVENTS
+            if ended or anyio.current_time() - checked >= _RECHECK_S:
+                await self._settle(waiting, outcomes)
+                checked = anyio.current_time()
             if not waiting:
-                return outcomes
-            recheck = anyio.current_time() + _RECHECK_S
-            while anyio.current_time() < recheck:
-                reply = await redis.xread({events: cursor}, count=500, block=1000)
-                if not reply:
-                    continue
-                entries = reply[0][1]
-                cursor = entries[-1][0]
-                if any(
-                    f.get(b"type") in _TERMINAL_EVENTS and f.get(b"job_id", b"").decode() in waiting
-                    for _, f in entries
-                ):
-                    break
+                break
+        return outcomes
+
+    async def _settle(
+        self, waiting: set[str], outcomes: dict[str, Transcript | RunnerError]
+    ) -> None:
+        """Move the jobs that have ended from `waiting` to `outcomes`."""
+        for job_id, status in (await self.store.statuses(sorted(waiting))).items():
+            if status is None:
+                outcomes[job_id] = JobNotFound(job_id)
+            elif status.state.terminal:
+                try:
+                    outcomes[job_id] = await self._outcome(status)
+                except RunnerError as exc:
+                    outcomes[job_id] = exc
+            else:
+                continue
+            waiting.discard(job_id)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a job: True if it was queued or running, False if it had already ended.
+
+        A queued job never starts; a running one stops at its next window and publishes nothing.
+        """
+        outcome, _ = await self.store.cancel(job_id)
+        return outcome == "cancelled"
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:

@@ -89,6 +89,8 @@ class Settings:
     block_ms: int = 2_000
     #: Approximate cap on the events stream.
     events_maxlen: int = 100_000
+    #: Submissions allowed per client: `jobs/seconds` (sliding window), or `0` for no limit.
+    rate_limit: str = "100/60"
     #: Time a stopping worker gives running jobs before handing them back.
     shutdown_grace_seconds: float = 30.0
     #: How long a job's Redis writes are retried through an outage before the attempt is left
@@ -109,6 +111,12 @@ class Settings:
     breaker_probes: int = 1
     #: A probe without a verdict (its first window) after this long counts as a failure.
     breaker_probe_seconds: float = 120.0
+    #: Port for Prometheus metrics (and health); 0: none.
+    metrics_port: int = 0
+    #: Port for /healthz and /readyz (and metrics); 0: none.
+    health_port: int = 0
+    #: Address the metrics and health endpoints listen on.
+    http_host: str = "0.0.0.0"
     #: Where the embedded Redis keeps its socket and data when no URL is set.
     state_dir: Path = field(default_factory=lambda: _default_state_dir(os.environ))
     #: `auto` (console on a terminal, JSON otherwise), `console` or `json`.
@@ -133,6 +141,7 @@ class Settings:
         if not self.prefix:
             raise ConfigError(f"{ENV_PREFIX}PREFIX must not be empty")
         self.breaker()  # refuses impossible breaker settings at start-up
+        _ = self.rate
 
     def breaker(self) -> BreakerConfig:
         return BreakerConfig(
@@ -145,6 +154,23 @@ class Settings:
             probes=self.breaker_probes,
             probe_seconds=self.breaker_probe_seconds,
         )
+
+    @property
+    def rate(self) -> tuple[int, float]:
+        """The rate limit as (jobs, window seconds); (0, 0) when off."""
+        text = self.rate_limit.strip()
+        if text in ("", "0", "off"):
+            return 0, 0.0
+        jobs, sep, seconds = text.partition("/")
+        try:
+            limit, window = int(jobs), float(seconds) if sep else 60.0
+        except ValueError:
+            raise ConfigError(
+                f"{ENV_PREFIX}RATE_LIMIT={text!r} must look like 100/60 (jobs/seconds), or 0"
+            ) from None
+        if limit < 0 or window <= 0:
+            raise ConfigError(f"{ENV_PREFIX}RATE_LIMIT={text!r} must be positive")
+        return limit, window
 
     @property
     def effective_concurrency(self) -> int:

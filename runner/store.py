@@ -19,13 +19,14 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from .checkpoint import Checkpoint, Progress
-from .errors import ErrorClass, JobNotFound
+from .errors import ErrorClass, JobNotFound, RateLimited
 from .job import Job, JobState
 from .keys import GROUP, Keys
 from .settings import Settings
 from .transcript import Transcript
 
 __all__ = [
+    "ANONYMOUS",
     "Begin",
     "BeginOutcome",
     "Claimed",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 Entry = tuple[str, dict[bytes, bytes]]
+
+#: The rate-limit bucket of jobs submitted without a `client_id`.
+ANONYMOUS = "anonymous"
 
 
 def load_script(redis: Redis, name: str) -> AsyncScript:
@@ -205,6 +209,7 @@ class Store:
         self._release = load_script(redis, "release")
         self._prune = load_script(redis, "prune")
         self._event = load_script(redis, "event")
+        self._cancel = load_script(redis, "cancel")
 
     async def ensure_group(self) -> None:
         """Create the consumer group if missing, from id 0 so earlier entries are read too."""
@@ -215,9 +220,15 @@ class Store:
                 raise
 
     async def enqueue(self, job: Job, audio: bytes = b"") -> Enqueued:
-        """Add a job unless its id exists; `audio` is stored under the job's audio key."""
+        """Add a job unless its id exists; `audio` is stored under the job's audio key.
+
+        Raises `RateLimited` when the job's client (`client_id`, else `anonymous`) has used up
+        its window. Resubmitting an existing id is never counted against the limit.
+        """
         fields = job.to_fields()
         flat = [part for pair in fields.items() for part in pair]
+        limit, window = self.settings.rate
+        client = job.client_id or ANONYMOUS
         reply = await self._enqueue(
             keys=[
                 self.keys.job(job.job_id),
@@ -225,6 +236,8 @@ class Store:
                 self.keys.events,
                 self.keys.audio(job.job_id),
                 self.keys.entries,
+                self.keys.rate(client),
+                self.keys.counts,
             ],
             args=[
                 job.job_id,
@@ -232,14 +245,18 @@ class Store:
                 self.settings.events_maxlen,
                 json.dumps(fields, ensure_ascii=False),
                 audio,
+                limit,
+                int(window * 1000),
                 *flat,
             ],
         )
-        created = int(reply[0]) == 1
+        code = int(reply[0])
+        if code == -1:
+            raise RateLimited(client, int(reply[1]) / 1000)
         return Enqueued(
             job_id=job.job_id,
-            created=created,
-            state=JobState.QUEUED if created else JobState(_s(reply[1])),
+            created=code == 1,
+            state=JobState.QUEUED if code == 1 else JobState(_s(reply[1])),
             same=_s(reply[2]) == job.digest(),
         )
 
@@ -272,6 +289,7 @@ class Store:
                 self.keys.checkpoint_segments(job_id),
                 self.keys.dead,
                 self.keys.entries,
+                self.keys.counts,
             ],
             args=[
                 entry_id,
@@ -315,6 +333,7 @@ class Store:
                 self.keys.checkpoint_segments(job_id),
                 self.keys.audio(job_id),
                 self.keys.entries,
+                self.keys.counts,
             ],
             args=[
                 fence,
@@ -360,6 +379,7 @@ class Store:
                 self.keys.audio(job_id),
                 self.keys.entries,
                 self.keys.dead,
+                self.keys.counts,
             ],
             args=[
                 "" if fence is None else fence,
@@ -507,6 +527,27 @@ class Store:
             ],
         )
         return bool(reply)
+
+    async def cancel(self, job_id: str) -> tuple[str, str]:
+        """Cancel a job. Returns (outcome, state): `cancelled` with the state it had, or
+        `ended` with its final state. Raises `JobNotFound`."""
+        reply = await self._cancel(
+            keys=[
+                self.keys.job(job_id),
+                self.keys.stream,
+                self.keys.events,
+                self.keys.entries,
+                self.keys.checkpoint(job_id),
+                self.keys.checkpoint_segments(job_id),
+                self.keys.audio(job_id),
+                self.keys.counts,
+            ],
+            args=[job_id, GROUP, self.settings.events_maxlen, self.settings.result_ttl],
+        )
+        outcome = _s(reply[0])
+        if outcome == "missing":
+            raise JobNotFound(job_id)
+        return outcome, _s(reply[1])
 
     async def publish(
         self, event: str, *, job_id: str = "", worker: str = "", data: Mapping[str, Any]

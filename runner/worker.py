@@ -8,6 +8,7 @@ window per call, so the event loop stays free to renew leases while every core t
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -27,10 +28,13 @@ from .breaker import BreakerState, CircuitBreaker, Permit
 from .checkpoint import Stage
 from .engine import Transcriber
 from .errors import EngineError, ErrorClass, InvalidJob, JobError, LeaseLost, TransientError
+from .http import Response, serve
 from .job import Job, valid_id
 from .logs import get_logger
+from .metrics import BREAKER_VALUES, CONTENT_TYPE, Metrics
 from .retry import TRANSIENT, backoff, retrying
 from .settings import Settings
+from .stats import forget_worker, host_identity, liveness_ttl, publish_liveness, queue_depth
 from .store import BeginOutcome, Entry, Lease, Store, decode_fields
 
 __all__ = ["Worker", "consumer_name"]
@@ -42,6 +46,12 @@ log = get_logger("runner.worker")
 # Consumers idle this long with nothing pending belong to workers that are gone.
 _CONSUMER_IDLE_S = 3600.0
 _PRUNE_EVERY_S = 600.0
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def consumer_name() -> str:
@@ -77,8 +87,15 @@ class Worker:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.default_model = transcriber.resolve(None)
         self._loaded: set[str] = set()
+        self.metrics = Metrics()
+        self.metrics.slots.set(self.concurrency)
+        self._started_at = time.time()
+        self._last_beat = time.monotonic()
+        self._redis_ok = False
         self._limiter = anyio.CapacityLimiter(self.concurrency)
-        self._executor = Executor(settings, self.store, transcriber, self._limiter, self.name)
+        self._executor = Executor(
+            settings, self.store, transcriber, self._limiter, self.name, self.metrics
+        )
         self._stopping = anyio.Event()
         self._slot_freed = anyio.Event()
         self._busy = 0
@@ -101,6 +118,7 @@ class Worker:
         return self.breakers[model]
 
     def _breaker_changed(self, breaker: CircuitBreaker, state: BreakerState, reason: str) -> None:
+        self.metrics.breaker.labels(breaker.name).set(BREAKER_VALUES[state])
         event = "breaker.opened" if state is BreakerState.OPEN else f"breaker.{state.value}"
         report = log.error if state is BreakerState.OPEN else log.warning
         report(event, model=breaker.name, reason=reason, open_s=self.settings.breaker_open_seconds)
@@ -131,6 +149,9 @@ class Worker:
                 )
                 if self.handle_signals:
                     tg.start_soon(self._watch_signals, hard_stop)
+                for port in self.http_ports:
+                    await tg.start(serve, self.settings.http_host, port, self.http_response)
+                await self._beat()
                 tg.start_soon(self._heartbeat)
                 async with anyio.create_task_group() as jobs:
                     await self._consume(jobs)
@@ -139,6 +160,7 @@ class Worker:
             self._tg = None
             # Pruned later by a peer if Redis is away now.
             with anyio.CancelScope(shield=True), anyio.move_on_after(5), suppress(*TRANSIENT):
+                await forget_worker(self.store.redis, self.store.keys, self.name)
                 await self.store.prune_consumers([self.name])
         log.info(
             "worker.stopped",
@@ -250,6 +272,7 @@ class Worker:
                 log.info("entry.reclaimed", entry=entry[0])
                 self._start(jobs, entry, breaker.allow())
             taken += len(claimed.entries)
+            self.metrics.reclaims.inc(len(claimed.entries))
             cursor = claimed.cursor
             if cursor == "0-0":
                 break
@@ -300,6 +323,7 @@ class Worker:
             await anyio.sleep(self.settings.heartbeat_seconds)
             for breaker in self.breakers.values():
                 _ = breaker.state  # cuts probes past their deadline, even with every slot busy
+            await self._beat()
             if anyio.current_time() >= next_prune:
                 next_prune = anyio.current_time() + _PRUNE_EVERY_S
                 await self._prune_consumers()
@@ -319,6 +343,74 @@ class Worker:
                 elif lease is Lease.VANISHED and not attempt.vanished:
                     attempt.vanished = True
                     log.warning("job.entry_vanished", job_id=attempt.job_id)
+
+    async def _beat(self) -> None:
+        """Publish this worker's liveness record and refresh the queue gauges."""
+        self._last_beat = time.monotonic()
+        breaker = self.breaker(self.default_model)
+        info: dict[str, str | int | float] = {
+            "name": self.name,
+            **host_identity(),
+            "version": _version(),
+            "model": self.default_model,
+            "slots": self.concurrency,
+            "busy": self._busy,
+            "breaker": breaker.state.value,
+            "completed": self.completed,
+            "failed": self.failed,
+            "started_at": self._started_at,
+            "jobs": json.dumps(sorted(self.running)),
+        }
+        self.metrics.slots_busy.set(self._busy)
+        self.metrics.breaker.labels(breaker.name).set(BREAKER_VALUES[breaker.state])
+        try:
+            ttl = liveness_ttl(self.settings.heartbeat_seconds)
+            await publish_liveness(self.store.redis, self.store.keys, ttl=ttl, info=info)
+            _, pending, lag = await queue_depth(self.store.redis, self.store.keys)
+        except TRANSIENT as exc:
+            self._redis_ok = False
+            log.warning("worker.liveness_failed", error=str(exc) or type(exc).__name__)
+            return
+        self._redis_ok = True
+        self.metrics.pending.set(pending)
+        self.metrics.lag.set(lag)
+
+    @property
+    def http_ports(self) -> list[int]:
+        ports = {self.settings.metrics_port, self.settings.health_port} - {0}
+        return sorted(ports)
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Liveness: the event loop and heartbeat are turning."""
+        quiet = time.monotonic() - self._last_beat
+        alive = quiet < 3 * self.settings.heartbeat_seconds + 5
+        return alive, {"alive": alive, "heartbeat_age_s": round(quiet, 2)}
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Readiness: Redis answers, the model is loaded, the breaker is not open."""
+        state = self.breaker(self.default_model).state
+        loaded = self.default_model in self._loaded
+        ready = self._redis_ok and loaded and state is not BreakerState.OPEN and not self.stopping
+        return ready, {
+            "ready": ready,
+            "redis": self._redis_ok,
+            "model_loaded": loaded,
+            "breaker": state.value,
+            "stopping": self.stopping,
+            "busy": self._busy,
+            "slots": self.concurrency,
+        }
+
+    def http_response(self, path: str) -> Response:
+        if path == "/metrics":
+            return Response(200, self.metrics.render(), CONTENT_TYPE)
+        if path in ("/healthz", "/livez"):
+            ok, doc = self.health()
+            return Response.json(200 if ok else 503, doc)
+        if path == "/readyz":
+            ok, doc = self.readiness()
+            return Response.json(200 if ok else 503, doc)
+        return Response.json(404, {"error": "try /metrics, /healthz or /readyz"})
 
     async def _prune_consumers(self) -> None:
         """Forget consumers of workers long gone; their pending entries were reclaimed."""
@@ -373,12 +465,14 @@ class Worker:
             return
         if begin.outcome is BeginOutcome.DEAD:
             self.failed += 1
+            self.metrics.jobs.labels("dead").inc()
             log.error("job.dead", reason="max_deliveries", attempts=begin.attempts)
             return
         if begin.outcome is not BeginOutcome.OK:
             log.info("job.skipped", outcome=begin.outcome.value, state=begin.state)
             return
         attempt = Attempt(job, entry_id, begin.fence, begin.attempts, digest)
+        self.metrics.attempts.inc()
         try:
             model = self.transcriber.resolve(job.model)
         except JobError as exc:
@@ -409,11 +503,13 @@ class Worker:
             return
         except EngineError as exc:
             permit.failure(str(exc))
+            self.metrics.jobs.labels("released").inc()
             log.error("job.engine_failed", error=str(exc), attempt=attempt.attempts)
             # Not the job's fault: it goes back uncharged for a healthy engine to take.
             await self._release(attempt, charge=False, reason="engine_error", error=str(exc))
             return
         except LeaseLost:
+            self.metrics.jobs.labels("lost").inc()
             log.warning("job.dropped", reason="lease lost", fence=attempt.fence)
             return
         except anyio.get_cancelled_exc_class():
@@ -441,6 +537,11 @@ class Worker:
             return
         attempt.stage = Stage.COMPLETED
         self.completed += 1
+        self.metrics.jobs.labels("completed").inc()
+        self.metrics.audio_seconds.inc(transcript.duration)
+        self.metrics.duration.observe(wall)
+        if transcript.duration:
+            self.metrics.rtf.observe(wall / transcript.duration)
         log.info(
             "job.completed",
             audio_s=round(transcript.duration, 2),
@@ -481,6 +582,7 @@ class Worker:
             ),
         )
         self.failed += ok
+        self.metrics.jobs.labels("failed").inc()
         log.warning("job.failed", reason=exc.reason, error=exc.message, recorded=ok)
 
     async def _hand_back(self, attempt: Attempt) -> None:
@@ -533,4 +635,5 @@ class Worker:
             ),
         )
         self.failed += 1
+        self.metrics.jobs.labels("failed").inc()
         log.warning("job.failed", job_id=job_id, reason=error.reason, error=error.message)

@@ -143,3 +143,33 @@ def test_errors_have_clear_messages_and_exit_codes(settings: Settings, tmp_path:
     assert "secret" not in out.stderr
     out = run_cli("worker", env=runner_env(settings, RUNNER_LEASE_SECONDS="5"))
     assert out.returncode == 2 and "HEARTBEAT_SECONDS" in out.stderr
+
+
+def test_watch_follows_a_real_job(settings: Settings) -> None:
+    """`runner watch` prints progress as the job runs and ends with its outcome; `submit
+    --wait` stays quiet on stderr when it is not a terminal."""
+    env = runner_env(settings, RUNNER_CONCURRENCY="1", RUNNER_CHECKPOINT_SECONDS="2")
+    job_id = run_cli("submit", str(FIXTURES / "long.ogg"), env=env).stdout.strip()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "runner", "worker"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        watched = run_cli("watch", job_id, env=env, timeout=180)
+        waited = run_cli("submit", str(HELLO), "--wait", env=env, timeout=120)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    assert watched.returncode == 0, watched.stderr
+    lines = watched.stdout.strip().splitlines()
+    progress = [line for line in lines if re.match(r"^ *\d+\.\d%  [\d.]+/122\.0 s", line)]
+    assert progress, lines
+    percents = [float(line.split("%")[0]) for line in progress]
+    assert percents == sorted(percents)
+    assert re.match(r"^completed in [\d.]+ s, 1 attempt\(s\)$", lines[-1])
+    assert waited.returncode == 0 and "hello" in waited.stdout.lower()
+    assert "%" not in waited.stderr
+    again = run_cli("watch", job_id, env=env)
+    assert again.returncode == 0 and again.stdout.startswith("completed in")

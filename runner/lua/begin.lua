@@ -1,5 +1,6 @@
 -- Start an attempt at a job: check this consumer holds the entry, take a new fencing token.
--- KEYS: job, stream, events, checkpoint, checkpoint segments, dead letters, entries index
+-- KEYS: job, stream, events, checkpoint, checkpoint segments, dead letters, entries index,
+--       counts
 -- ARGV: entry, job_id, consumer, group, digest, fields_json, events_maxlen, max_attempts, ttl
 -- Attempts count every start; a handed-back attempt is refunded by the release script.
 -- Returns {outcome, ...}:
@@ -66,6 +67,7 @@ if attempts >= tonumber(ARGV[8]) then
   redis.call('XDEL', stream, entry)
   redis.call('HDEL', KEYS[7], entry)
   redis.call('DEL', KEYS[4], KEYS[5])
+  redis.call('HINCRBY', KEYS[8], 'dead', 1)
   emit(events, maxlen, 'job.dead', t, job_id, consumer,
     cjson.encode({reason = 'max_deliveries', error = reason, attempts = attempts}))
   return {'dead', attempts}

@@ -1,6 +1,6 @@
 -- Publish a job's result, then acknowledge and delete its entry: all or nothing, fenced.
 -- KEYS: job, result, stream, events, checkpoint, checkpoint_segments, uploaded audio,
---       entries index
+--       entries index, counts
 -- ARGV: fence, entry, group, result_json, result_ttl, job_id, worker, events_maxlen, event_data
 local job, result, stream, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local h = redis.call('HMGET', job, 'fence', 'state')
@@ -20,5 +20,6 @@ redis.call('XACK', stream, ARGV[3], ARGV[2])
 redis.call('XDEL', stream, ARGV[2])
 redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
 redis.call('HDEL', KEYS[8], ARGV[2])
+redis.call('HINCRBY', KEYS[9], 'completed', 1)
 emit(events, ARGV[8], 'job.completed', t, ARGV[6], ARGV[7], ARGV[9])
 return 1

@@ -1,7 +1,7 @@
 -- End a job without a result (its own fault): record why, dead-letter it, acknowledge and
 -- delete its entry.
 -- KEYS: job, stream, events, checkpoint, checkpoint_segments, uploaded audio, entries index,
---       dead letters
+--       dead letters, counts
 -- ARGV: fence ('' when no attempt was started), entry, group, state, reason, error, ttl,
 --       job_id, worker, events_maxlen, fields_json, record ('0': only drop the entry),
 --       dead_letter ('1': add to the dead letters), error_class
@@ -47,6 +47,7 @@ end
 redis.call('XACK', stream, ARGV[3], ARGV[2])
 redis.call('XDEL', stream, ARGV[2])
 redis.call('HDEL', KEYS[7], ARGV[2])
+redis.call('HINCRBY', KEYS[9], ARGV[4], 1)
 emit(events, ARGV[10], 'job.' .. ARGV[4], t, ARGV[8], ARGV[9],
   cjson.encode({reason = ARGV[5], error = ARGV[6], error_class = ARGV[14]}))
 return 1
