@@ -52,6 +52,7 @@ def env_of(settings: Settings) -> dict[str, str]:
         RUNNER_CHECKPOINT_SECONDS=str(settings.checkpoint_seconds),
         RUNNER_CONCURRENCY=str(settings.concurrency),
         RUNNER_MAX_DELIVERIES=str(settings.max_deliveries),
+        RUNNER_SHUTDOWN_GRACE_SECONDS=str(settings.shutdown_grace_seconds),
     )
 
 
@@ -241,3 +242,41 @@ async def _attempts_at(client: Client, job_id: str, n: int) -> bool:
 
 async def _state(client: Client, job_id: str, state: JobState) -> bool:
     return (await client.status(job_id)).state is state
+
+
+async def test_sigterm_hands_the_job_to_a_peer_at_once(
+    quick: Settings, redis: RedisClient, tmp_path: Path
+) -> None:
+    """SIGTERM mid-job with a peer running: the first worker exits 0 within its grace, the peer
+    resumes from the checkpoint within 2 s of the handoff (the lease is 30 s), the attempt count
+    is unchanged and the transcript identical to an uninterrupted run."""
+    settings = quick.with_(lease_seconds=30.0, shutdown_grace_seconds=1.0)
+    client = Client(redis, settings)
+    keys = Keys(settings.prefix)
+    job_id = await client.submit(LONG)
+    log = tmp_path / "first.log"
+    spy = Spy(WhisperTranscriber(settings))
+    with worker_process(settings, log) as first:
+        await until(lambda: checkpointed(redis, keys, job_id), within=90)
+        async with running(Worker(settings, redis, spy, name="peer")):
+            asked = anyio.current_time()
+            first.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(first.wait, 30)
+            exited = anyio.current_time() - asked
+            with anyio.fail_after(120):
+                result = await client.wait(job_id)
+    assert code == 0 and exited < settings.shutdown_grace_seconds + 10
+    events = {
+        f[b"type"].decode(): float(f[b"time"])
+        for _, f in await redis.xrange(keys.events)
+        if f[b"job_id"] == job_id.encode() and f[b"type"] in (b"job.released", b"job.started")
+    }
+    # The dict keeps the last job.started: the peer's.
+    assert events["job.started"] - events["job.released"] < 2.0
+    assert result.worker == "peer" and result.attempts == 1
+    assert result.resumed_from is not None and result.resumed_from > 0
+    assert spy.requests[0].clip_start == result.resumed_from
+    assert [(s.start, s.end, s.text, s.tokens) for s in result.segments] == direct(str(LONG))
+    assert (await client.status(job_id)).attempts == 1
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    assert any(x["event"] == "job.handed_back" and x["released"] for x in lines)
