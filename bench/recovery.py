@@ -62,7 +62,7 @@ class Bench:
         self.url = url
         self.audio = audio
         self.logs = logs
-        self.redis: Any = Redis.from_url(url)
+        self.redis: Any = Redis.from_url(url, protocol=2)
         self.prefix = f"{{bench-{uuid.uuid4().hex[:8]}}}"
         self.keys = Keys(self.prefix)
         self.env = runner_env(url, self.prefix, RUNNER_AUDIO_ROOTS=str(audio.parent), **SETTINGS)

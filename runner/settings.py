@@ -49,6 +49,10 @@ class Settings:
 
     #: Redis URL (`redis://`, `rediss://`, `unix://`). None: an embedded Redis (see `embedded`).
     redis_url: str | None = None
+    #: TLS (`rediss://`): the CA bundle to trust, and the client certificate and key to present.
+    redis_ca_file: Path | None = None
+    redis_cert_file: Path | None = None
+    redis_key_file: Path | None = None
     #: Key prefix. The braces make it a Redis Cluster hash tag: all keys in one slot.
     prefix: str = "{runner}"
     #: Default model: a name (`tiny.en` is bundled) or a CTranslate2 model directory.
@@ -216,7 +220,7 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             return int(raw)
         if type_name == "float":
             return float(raw)
-        if type_name == "Path":
+        if type_name in ("Path", "Path | None"):
             return Path(raw).expanduser()
         if type_name == "tuple[Path, ...]":
             return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p)

@@ -68,7 +68,7 @@ def settings(redis_url: str, prefix: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[RedisClient]:
-    client = Redis.from_url(redis_url, decode_responses=False)
+    client = Redis.from_url(redis_url, decode_responses=False, protocol=2)
     yield client
     await client.aclose()
 

@@ -204,7 +204,7 @@ async def test_redis_outage_is_survived(settings: Settings, tmp_path: Path) -> N
     server.start()
     try:
         local = settings.with_(redis_url=server.url, concurrency=2)
-        redis: RedisClient = Redis.from_url(server.url)
+        redis: RedisClient = Redis.from_url(server.url, protocol=2)
         client = Client(redis, local)
         ids = [await client.submit(HELLO) for _ in range(16)]
         keys = Keys(local.prefix)

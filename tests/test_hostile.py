@@ -161,7 +161,7 @@ def test_worker_survives_random_entries(
     async def scenario() -> None:
         local = settings.with_(prefix=f"{{h-{uuid.uuid4().hex[:10]}}}")
         keys = Keys(local.prefix)
-        redis: RedisClient = Redis.from_url(redis_url)
+        redis: RedisClient = Redis.from_url(redis_url, protocol=2)
         try:
             for fields in maps:
                 await redis.xadd(keys.stream, fields or {"empty": ""})
