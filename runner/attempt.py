@@ -54,6 +54,8 @@ class Attempt:
     saved: int = 0
     last_save: float = field(default_factory=time.monotonic)
     resumed_from: float | None = None
+    #: The model this attempt runs (resolved from the job's `model` or the worker's default).
+    model: str = ""
 
     @property
     def job_id(self) -> str:
@@ -99,7 +101,7 @@ class Executor:
         produces a window; engine failures are the caller's to report.
         """
         job = attempt.job
-        model = self.transcriber.resolve(job.model)
+        model = attempt.model = self.transcriber.resolve(job.model)
         audio = await self._load_audio(job)
         decoded = time.monotonic()
         attempt.total_s = audio.duration
@@ -230,7 +232,7 @@ class Executor:
             language_probability=attempt.language_probability,
             segments=tuple(attempt.windows.committed),
             options=self._options(attempt.job, attempt),
-            metadata={"attempt": str(attempt.attempts)},
+            metadata={"attempt": str(attempt.attempts), "model": attempt.model},
         )
         event = {
             "processed_s": round(checkpoint.processed_s, 3),
@@ -275,6 +277,10 @@ class Executor:
             return None
         if checkpoint.total_s and abs(checkpoint.total_s - attempt.total_s) > 0.01:
             log.warning("job.checkpoint_unusable", reason="audio changed since")
+            return None
+        if checkpoint.metadata.get("model", attempt.model) != attempt.model:
+            # Another model would not continue the same transcript: start over.
+            log.warning("job.checkpoint_unusable", reason="made by another model")
             return None
         return checkpoint
 

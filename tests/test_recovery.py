@@ -371,3 +371,32 @@ async def test_stop_hands_jobs_back_without_charging_them(
     assert status.attempts == 1
     assert [(h["attempt"], h["worker"]) for h in status.history] == [(1, "first"), (1, "peer")]
     assert status.history[0]["released"] == "shutdown"
+
+
+async def test_checkpoint_of_another_model_is_not_resumed(
+    fast: Settings, redis: RedisClient
+) -> None:
+    """A checkpoint made by a different model (an upgrade changed it) is ignored: start over."""
+    client = Client(redis, fast)
+    job_id = await client.submit(LONG)
+    store = Store(redis, fast)
+    _, job, begin = await ghost(store)
+    checkpoint = Checkpoint(
+        job_id=job_id,
+        digest=job.digest(),
+        stage=Stage.TRANSCRIBING,
+        resume_at=60.0,
+        processed_s=60.0,
+        total_s=122.046,
+        language="en",
+        language_probability=0.9,
+        segments=(seg(1, 0), seg(2, 3000)),
+        metadata={"model": "large-v3"},
+    )
+    await store.save_checkpoint(checkpoint, fence=begin.fence, base=0, worker="g", event={})
+    engine = FakeTranscriber()
+    async with running(Worker(fast, redis, engine)):
+        with anyio.fail_after(20):
+            result = await client.wait(job_id)
+    assert result.resumed_from is None and engine.requests[0].clip_start is None
+    assert [s.text for s in result.segments] == [f" window {n}" for n in range(5)]
