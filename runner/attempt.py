@@ -8,6 +8,7 @@ and can stop cleanly. Nothing here acknowledges anything; the worker commits or 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ import anyio
 from .audio import Audio, decode, resolve_path
 from .breaker import Permit
 from .checkpoint import Checkpoint, Stage, Windows, resume_prompt
-from .engine import EngineRequest, Transcriber
+from .engine import EngineRequest, Transcriber, Transcription
 from .errors import AudioError, JobError, LeaseLost
 from .job import Job
 from .logs import get_logger
@@ -73,6 +74,35 @@ class Attempt:
             raise JobError("entry_deleted", "the job's stream entry was deleted while it ran")
 
 
+#: One segment and, if the engine knows its window is complete with it, the next window's start;
+#: a None segment means the transcription ended.
+Step = tuple[Segment | None, float | None]
+
+
+def _next_window(started: Transcription, duration: float) -> list[Step]:
+    """Pull segments (in a worker thread) until a window is known complete or the end.
+
+    Without the engine's word on window ends, a window is known complete when a segment of the
+    next one arrives; that segment ends the batch.
+    """
+    steps: list[Step] = []
+    first_seek: int | None = None
+    while True:
+        segment = next(started.segments, None)
+        if segment is None:
+            steps.append((None, None))
+            return steps
+        next_start = started.next_window() if started.next_window else None
+        steps.append((segment, next_start))
+        # After the last window, pulling once more only confirms the end: no computation.
+        if next_start is not None and next_start < duration - 0.02:
+            return steps
+        if next_start is None and first_seek is not None and segment.seek != first_seek:
+            return steps
+        if first_seek is None:
+            first_seek = segment.seek
+
+
 class Executor:
     """Runs attempts for one worker: audio, engine, checkpoints."""
 
@@ -84,6 +114,7 @@ class Executor:
         limiter: anyio.CapacityLimiter,
         worker: str,
         metrics: Metrics,
+        load_audio: Callable[[Job], Awaitable[Audio]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -91,6 +122,9 @@ class Executor:
         self.limiter = limiter
         self.worker = worker
         self.metrics = metrics
+        #: Decodes a job's audio; replaceable (benchmarks measure the queue without decoding).
+        self.load_audio = load_audio or self._load_audio
+        self._loaded: set[str] = set()
 
     async def transcribe(
         self, attempt: Attempt, has_checkpoint: bool, permit: Permit | None = None
@@ -102,7 +136,7 @@ class Executor:
         """
         job = attempt.job
         model = attempt.model = self.transcriber.resolve(job.model)
-        audio = await self._load_audio(job)
+        audio = await self.load_audio(job)
         decoded = time.monotonic()
         attempt.total_s = audio.duration
         checkpoint = await self._checkpoint_to_resume(attempt) if has_checkpoint else None
@@ -126,7 +160,9 @@ class Executor:
                 checkpoint_worker=checkpoint.worker,
             )
         attempt.stage = Stage.MODEL_LOADING
-        await anyio.to_thread.run_sync(self.transcriber.load, model)
+        if model not in self._loaded:
+            await anyio.to_thread.run_sync(self.transcriber.load, model)
+            self._loaded.add(model)
         request = EngineRequest(
             model=model,
             language=language,
@@ -137,33 +173,44 @@ class Executor:
             initial_prompt=prompt,
             clip_start=attempt.resumed_from,
         )
-        await anyio.to_thread.run_sync(self.transcriber.check, request)
+        self.transcriber.check(request)  # cheap once the model is loaded
         attempt.stage = Stage.TRANSCRIBING
-        started = await anyio.to_thread.run_sync(
-            self.transcriber.transcribe, audio, request, limiter=self.limiter
+        transcribe = self.transcriber.transcribe
+
+        def start() -> tuple[Transcription, list[Step]]:
+            started = transcribe(audio, request)
+            return started, _next_window(started, audio.duration)
+
+        # One thread hop per window: the engine's own pace, and the loop is free meanwhile.
+        started, steps = await anyio.to_thread.run_sync(
+            start, limiter=self.limiter, abandon_on_cancel=True
         )
         attempt.language = checkpoint.language if checkpoint else started.language
         attempt.language_probability = (
             checkpoint.language_probability if checkpoint else started.language_probability
         )
         while True:
-            segment: Segment | None = await anyio.to_thread.run_sync(
-                next, started.segments, None, limiter=self.limiter, abandon_on_cancel=True
-            )
             attempt.check()
             if permit is not None:
                 permit.success()
-            if segment is None:
+            finished = bool(steps) and steps[-1][0] is None
+            for segment, next_start in steps:
+                if segment is None:
+                    break
+                closed = attempt.windows.add(segment)
+                if next_start is not None:
+                    attempt.windows.close(next_start)
+                    closed = True
+                if closed and not finished:
+                    await self._progress(attempt)
+                    if self._checkpoint_due(attempt):
+                        await self.checkpoint(attempt)
+            if finished:
                 break
-            closed = attempt.windows.add(segment)
-            next_start = started.next_window() if started.next_window else None
-            if next_start is not None:
-                attempt.windows.close(next_start)
-                closed = True
-            if closed:
-                await self._progress(attempt)
-                if self._checkpoint_due(attempt):
-                    await self.checkpoint(attempt)
+            steps = await anyio.to_thread.run_sync(
+                _next_window, started, audio.duration, limiter=self.limiter,
+                abandon_on_cancel=True,
+            )  # fmt: skip
         segments = attempt.windows.finish()
         attempt.stage = Stage.POSTPROCESSING
         done = time.monotonic()

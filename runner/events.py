@@ -20,7 +20,7 @@ __all__ = ["EVENT_TYPES", "TERMINAL_EVENTS", "Event", "follow", "newest_id"]
 EVENT_TYPES: dict[str, str] = {
     "job.queued": "entry: the stream entry id",
     "job.started": "attempt, delivery: an attempt began",
-    "job.progress": "processed_s, total_s, segments: a window was transcribed",
+    "job.progress": "processed_s, total_s, segments: a window (not the last) was transcribed",
     "job.checkpointed": "processed_s, total_s, segments: progress saved",
     "job.reclaimed": "from, attempt: the last attempt's worker stopped answering",
     "job.released": "reason, charged: handed back (shutdown, engine error, breaker open)",

@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 
 from .attempt import Attempt, Executor
+from .audio import Audio
 from .breaker import BreakerState, CircuitBreaker, Permit
 from .checkpoint import Stage
 from .engine import Transcriber
@@ -72,6 +73,7 @@ class Worker:
         name: str | None = None,
         concurrency: int | None = None,
         handle_signals: bool = False,
+        load_audio: Callable[[Job], Awaitable[Audio]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = Store(redis, settings)
@@ -94,7 +96,7 @@ class Worker:
         self._redis_ok = False
         self._limiter = anyio.CapacityLimiter(self.concurrency)
         self._executor = Executor(
-            settings, self.store, transcriber, self._limiter, self.name, self.metrics
+            settings, self.store, transcriber, self._limiter, self.name, self.metrics, load_audio
         )
         self._stopping = anyio.Event()
         self._slot_freed = anyio.Event()

@@ -117,7 +117,8 @@ async def test_events_in_order_across_a_reclaim(fast: Settings, redis: RedisClie
     types = [t for t, _ in mine]
     assert types[:4] == ["job.queued", "job.started", "job.reclaimed", "job.started"]
     assert types[-1] == "job.completed"
-    assert types.count("job.progress") == 5 and "job.checkpointed" in types
+    # A progress event per window but the last (the completion follows at once).
+    assert types.count("job.progress") == 4 and "job.checkpointed" in types
     assert mine[1][1] == "ghost-dead" and mine[3][1] == "rescuer"
     times = [float(f[b"time"]) for _, f in entries if f[b"job_id"] == job_id.encode()]
     assert times == sorted(times)
