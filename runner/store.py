@@ -30,6 +30,7 @@ __all__ = [
     "Begin",
     "BeginOutcome",
     "Claimed",
+    "Commit",
     "Enqueued",
     "Entry",
     "JobStatus",
@@ -92,6 +93,28 @@ class Begin:
     state: str = ""
     #: Whether a checkpoint exists to resume from.
     checkpoint: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One result to publish: the transcript and the attempt that made it."""
+
+    transcript: Transcript
+    fence: int
+    entry_id: str
+    worker: str
+    event: Mapping[str, Any]
+
+
+def _begin_reply(reply: Any) -> Begin:
+    outcome = BeginOutcome(_s(reply[0]))
+    if outcome is BeginOutcome.OK:
+        return Begin(
+            outcome, int(reply[1]), int(reply[2]), int(reply[3]), checkpoint=bool(reply[4])
+        )
+    if outcome is BeginOutcome.DEAD:
+        return Begin(outcome, attempts=int(reply[1]))
+    return Begin(outcome, state=_s(reply[1]) if len(reply) > 1 else "")
 
 
 class Lease(IntEnum):
@@ -280,37 +303,44 @@ class Store:
         fields: Mapping[str, str],
     ) -> Begin:
         """Start an attempt: ownership check, attempt count, new fencing token (one script)."""
-        reply = await self._begin(
-            keys=[
-                self.keys.job(job_id),
-                self.keys.stream,
-                self.keys.events,
-                self.keys.checkpoint(job_id),
-                self.keys.checkpoint_segments(job_id),
-                self.keys.dead,
-                self.keys.entries,
-                self.keys.counts,
-            ],
-            args=[
-                entry_id,
-                job_id,
-                consumer,
-                GROUP,
-                digest,
-                json.dumps(dict(fields), ensure_ascii=False),
-                self.settings.events_maxlen,
-                self.settings.max_deliveries,
-                self.settings.result_ttl,
-            ],
-        )
-        outcome = BeginOutcome(_s(reply[0]))
-        if outcome is BeginOutcome.OK:
-            return Begin(
-                outcome, int(reply[1]), int(reply[2]), int(reply[3]), checkpoint=bool(reply[4])
-            )
-        if outcome is BeginOutcome.DEAD:
-            return Begin(outcome, attempts=int(reply[1]))
-        return Begin(outcome, state=_s(reply[1]) if len(reply) > 1 else "")
+        return (await self.begin_many(consumer, [(entry_id, job_id, digest, fields)]))[0]
+
+    async def begin_many(
+        self, consumer: str, items: Sequence[tuple[str, str, str, Mapping[str, str]]]
+    ) -> list[Begin]:
+        """`begin` for (entry_id, job_id, digest, fields) items, in one round trip.
+
+        Each job's start is still its own atomic script; the pipeline only saves round trips
+        when a read returns many entries at once.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, job_id, digest, fields in items:
+                await self._begin(
+                    keys=[
+                        self.keys.job(job_id),
+                        self.keys.stream,
+                        self.keys.events,
+                        self.keys.checkpoint(job_id),
+                        self.keys.checkpoint_segments(job_id),
+                        self.keys.dead,
+                        self.keys.entries,
+                        self.keys.counts,
+                    ],
+                    args=[
+                        entry_id,
+                        job_id,
+                        consumer,
+                        GROUP,
+                        digest,
+                        json.dumps(dict(fields), ensure_ascii=False),
+                        self.settings.events_maxlen,
+                        self.settings.max_deliveries,
+                        self.settings.result_ttl,
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [_begin_reply(reply) for reply in replies]
 
     async def commit(
         self,
@@ -322,32 +352,40 @@ class Store:
         event: Mapping[str, Any],
     ) -> bool:
         """Store the result and acknowledge the entry, if `fence` is still current."""
-        job_id = transcript.job_id
-        ok = await self._commit(
-            keys=[
-                self.keys.job(job_id),
-                self.keys.result(job_id),
-                self.keys.stream,
-                self.keys.events,
-                self.keys.checkpoint(job_id),
-                self.keys.checkpoint_segments(job_id),
-                self.keys.audio(job_id),
-                self.keys.entries,
-                self.keys.counts,
-            ],
-            args=[
-                fence,
-                entry_id,
-                GROUP,
-                transcript.to_json(),
-                self.settings.result_ttl,
-                job_id,
-                worker,
-                self.settings.events_maxlen,
-                json.dumps(dict(event)),
-            ],
-        )
-        return bool(ok)
+        return (await self.commit_many([Commit(transcript, fence, entry_id, worker, event)]))[0]
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[bool]:
+        """`commit` for several jobs in one round trip; each is its own fenced script."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c in commits:
+                job_id = c.transcript.job_id
+                await self._commit(
+                    keys=[
+                        self.keys.job(job_id),
+                        self.keys.result(job_id),
+                        self.keys.stream,
+                        self.keys.events,
+                        self.keys.checkpoint(job_id),
+                        self.keys.checkpoint_segments(job_id),
+                        self.keys.audio(job_id),
+                        self.keys.entries,
+                        self.keys.counts,
+                    ],
+                    args=[
+                        c.fence,
+                        c.entry_id,
+                        GROUP,
+                        c.transcript.to_json(),
+                        self.settings.result_ttl,
+                        job_id,
+                        c.worker,
+                        self.settings.events_maxlen,
+                        json.dumps(dict(c.event)),
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [bool(r) for r in replies]
 
     async def fail(
         self,

@@ -9,6 +9,7 @@ window per call, so the event loop stays free to renew leases while every core t
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import signal
@@ -16,6 +17,8 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import anyio
@@ -36,7 +39,7 @@ from .metrics import BREAKER_VALUES, CONTENT_TYPE, Metrics
 from .retry import TRANSIENT, backoff, retrying
 from .settings import Settings
 from .stats import forget_worker, host_identity, liveness_ttl, publish_liveness, queue_depth
-from .store import BeginOutcome, Entry, Lease, Store, decode_fields
+from .store import Begin, BeginOutcome, Commit, Entry, Lease, Store, decode_fields
 
 __all__ = ["Worker", "consumer_name"]
 
@@ -46,7 +49,28 @@ log = get_logger("runner.worker")
 
 # Consumers idle this long with nothing pending belong to workers that are gone.
 _CONSUMER_IDLE_S = 3600.0
+# Results published in one round trip at most.
+_COMMIT_BATCH = 64
 _PRUNE_EVERY_S = 600.0
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """An entry read and parsed, with its attempt started (or the reason it is not a job)."""
+
+    entry_id: str
+    fields: dict[str, str]
+    job: Job | InvalidJob
+    digest: str
+    begin: Begin | None = None
+
+
+@dataclass(slots=True)
+class _PendingCommit:
+    commit: Commit
+    done: anyio.Event = field(default_factory=anyio.Event)
+    ok: bool = False
+    error: BaseException | None = None
 
 
 def _version() -> str:
@@ -137,7 +161,10 @@ class Worker:
         """Run until stopped (or, in burst mode, until nothing is left for this worker)."""
         structlog.contextvars.bind_contextvars(worker=self.name)
         await retrying("create group", self.store.ensure_group, within=self.settings.retry_seconds)
-        with anyio.CancelScope() as hard_stop:
+        self._commit_send, self._commit_receive = anyio.create_memory_object_stream[_PendingCommit](
+            max_buffer_size=math.inf
+        )
+        with self._commit_send, self._commit_receive, anyio.CancelScope() as hard_stop:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await self._load_default_model()
@@ -155,6 +182,7 @@ class Worker:
                     await tg.start(serve, self.settings.http_host, port, self.http_response)
                 await self._beat()
                 tg.start_soon(self._heartbeat)
+                tg.start_soon(self._committer)
                 async with anyio.create_task_group() as jobs:
                     await self._consume(jobs)
                     await self._drain(jobs)
@@ -250,8 +278,7 @@ class Worker:
                 if self.burst and self._busy:
                     await self._wait_slot()
                 continue
-            for entry in entries:
-                self._start(jobs, entry, breaker.allow())
+            await self._start_batch(jobs, entries, breaker)
 
     async def _wait_breaker(self, breaker: CircuitBreaker) -> None:
         """Wait while the breaker admits nothing (open, or its probes all out)."""
@@ -259,9 +286,37 @@ class Worker:
         with anyio.move_on_after(min(wait, 1.0)):
             await self._stopping.wait()
 
-    def _start(self, jobs: TaskGroup, entry: Entry, permit: Permit | None) -> None:
-        self._busy += 1
-        jobs.start_soon(self._run_entry, entry, permit)
+    async def _start_batch(
+        self, jobs: TaskGroup, entries: list[Entry], breaker: CircuitBreaker
+    ) -> None:
+        """Parse the entries and start their attempts in one round trip, then run each."""
+        self._busy += len(entries)
+        prepared: list[_Prepared] = []
+        items = []
+        for entry_id, raw in entries:
+            fields = decode_fields(raw)
+            try:
+                job: Job | InvalidJob = Job.from_fields(raw, entry_id)
+            except InvalidJob as exc:
+                job = exc
+            digest = job.digest() if isinstance(job, Job) else ""
+            prepared.append(_Prepared(entry_id, fields, job, digest))
+            if isinstance(job, Job):
+                items.append((entry_id, job.job_id, digest, fields))
+        try:
+            begins = iter(
+                await self._redis("begin", lambda: self.store.begin_many(self.name, items))
+            )
+        except TransientError as exc:
+            # Left pending: the lease brings these entries back later.
+            log.error("entries.abandoned", entries=len(entries), error=str(exc))
+            self._busy -= len(entries)
+            self._slot_freed.set()
+            return
+        for p in prepared:
+            if isinstance(p.job, Job):
+                p.begin = next(begins)
+            jobs.start_soon(self._run_entry, p, breaker.allow())
 
     async def _reclaim(self, jobs: TaskGroup, free: int, breaker: CircuitBreaker) -> int:
         """Claim entries idle past the lease (their workers died or froze); returns how many."""
@@ -272,7 +327,8 @@ class Worker:
                 await self._reap(claimed.deleted)
             for entry in claimed.entries:
                 log.info("entry.reclaimed", entry=entry[0])
-                self._start(jobs, entry, breaker.allow())
+            if claimed.entries:
+                await self._start_batch(jobs, claimed.entries, breaker)
             taken += len(claimed.entries)
             self.metrics.reclaims.inc(len(claimed.entries))
             cursor = claimed.cursor
@@ -427,14 +483,13 @@ class Worker:
 
     # -- one job ------------------------------------------------------------------------------
 
-    async def _run_entry(self, entry: Entry, permit: Permit | None) -> None:
-        entry_id, raw = entry
+    async def _run_entry(self, prepared: _Prepared, permit: Permit | None) -> None:
         try:
-            with structlog.contextvars.bound_contextvars(entry=entry_id):
-                await self._process(entry_id, raw, permit)
+            with structlog.contextvars.bound_contextvars(entry=prepared.entry_id):
+                await self._process(prepared, permit)
         except TransientError as exc:
             # Redis stayed away longer than the retries: the lease brings the job back later.
-            log.error("job.abandoned", entry=entry_id, error=str(exc))
+            log.error("job.abandoned", entry=prepared.entry_id, error=str(exc))
         finally:
             if permit is not None:
                 permit.release()
@@ -444,20 +499,16 @@ class Worker:
     async def _redis(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         return await retrying(what, op, within=self.settings.retry_seconds)
 
-    async def _process(self, entry_id: str, raw: dict[bytes, bytes], permit: Permit | None) -> None:
-        fields = decode_fields(raw)
-        try:
-            job = Job.from_fields(raw, entry_id)
-        except InvalidJob as exc:
+    async def _process(self, prepared: _Prepared, permit: Permit | None) -> None:
+        entry_id, fields, job = prepared.entry_id, prepared.fields, prepared.job
+        if isinstance(job, InvalidJob):
             job_id = fields.get("job_id", "")
-            await self._reject(entry_id, job_id if valid_id(job_id) else entry_id, exc, fields)
+            await self._reject(entry_id, job_id if valid_id(job_id) else entry_id, job, fields)
             return
         structlog.contextvars.bind_contextvars(job_id=job.job_id)
-        digest = job.digest()
-        begin = await self._redis(
-            "begin",
-            lambda: self.store.begin(entry_id, job.job_id, self.name, digest=digest, fields=fields),
-        )
+        digest = prepared.digest
+        begin = prepared.begin
+        assert begin is not None
         if begin.outcome is BeginOutcome.CONFLICT:
             error = InvalidJob(
                 "job_id_conflict",
@@ -519,9 +570,8 @@ class Worker:
                 await self._hand_back(attempt)
             raise
         wall = time.monotonic() - attempt.started
-        ok = await self._redis(
-            "commit",
-            lambda: self.store.commit(
+        ok = await self._commit(
+            Commit(
                 transcript,
                 fence=attempt.fence,
                 entry_id=attempt.entry_id,
@@ -532,7 +582,7 @@ class Worker:
                     "attempt": attempt.attempts,
                     "resumed_from": transcript.resumed_from,
                 },
-            ),
+            )
         )
         if not ok:
             log.warning("job.fenced", fence=attempt.fence, stage="commit")
@@ -553,6 +603,36 @@ class Worker:
             resumed_from=transcript.resumed_from,
             segments=len(transcript.segments),
         )
+
+    async def _commit(self, commit: Commit) -> bool:
+        """Hand a result to the committer task and wait for its verdict."""
+        pending = _PendingCommit(commit)
+        self._commit_send.send_nowait(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.ok
+
+    async def _committer(self) -> None:
+        """Publish results in batches: all that finished meanwhile go in one round trip."""
+        async for first in self._commit_receive:
+            batch = [first]
+            while len(batch) < _COMMIT_BATCH:
+                try:
+                    batch.append(self._commit_receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            commits = [p.commit for p in batch]
+            try:
+                results = await self._redis("commit", partial(self.store.commit_many, commits))
+            except Exception as exc:
+                for p in batch:
+                    p.error = exc
+            else:
+                for p, ok in zip(batch, results, strict=True):
+                    p.ok = ok
+            for p in batch:
+                p.done.set()
 
     async def _release(
         self, attempt: Attempt, *, charge: bool, reason: str, error: str = ""
