@@ -38,8 +38,12 @@ fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: measure, and rewrite docs/benchmarks.md (takes several minutes)
-bench: $(VENV)/.installed-dev
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+## bench: measure, and rewrite docs/benchmarks.md (half an hour on 2 cores)
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench
 
 ## fixtures: regenerate the speech samples (needs espeak-ng)

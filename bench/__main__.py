@@ -8,11 +8,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from runner.logs import configure
+
 from .common import machine, save
 from .report import write_report
 
 #: name -> (module, what it measures); each module has run(repetitions) -> dict.
 BENCHMARKS: dict[str, str] = {
+    "queue": "queue overhead: no-op jobs against a raw Streams loop and peers",
+    "throughput": "transcription throughput against faster-whisper alone",
+    "memory": "worker peak memory by concurrency; Redis memory per job and result",
+    "scale": "submitting 100,000 jobs; reclaim cost as the stream grows",
     "recovery": "crash and handoff cost on a long job",
 }
 
@@ -23,6 +29,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one repetition, for a smoke run")
     args = parser.parse_args()
+    configure("json", "warning")
     names = args.names or list(BENCHMARKS)
     reps = 1 if args.quick else args.repetitions
     for name in names:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from .errors import InvalidJob, JobFailed, JobNotFound, RunnerError
 from .events import TERMINAL_EVENTS, Event, follow, newest_id
 from .job import Job, JobState, Task
 from .settings import Settings
-from .store import JobStatus, Store
+from .store import Enqueued, JobStatus, Store
 from .transcript import Transcript
 
 __all__ = ["Client", "submit"]
@@ -63,6 +63,58 @@ class Client:
         `job_id` that exists returns it without queueing anything; submitting it for different
         content raises `InvalidJob`.
         """
+        job = self._job(
+            audio,
+            audio_bytes=audio_bytes,
+            job_id=job_id,
+            language=language,
+            task=task,
+            model=model,
+            beam_size=beam_size,
+            word_timestamps=word_timestamps,
+            vad_filter=vad_filter,
+            initial_prompt=initial_prompt,
+            client_id=client_id,
+        )
+        done = (await self.store.enqueue_many([(job, audio_bytes or b"")]))[0]
+        self._check_reuse(done)
+        return job.job_id
+
+    async def submit_many(self, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Queue many jobs in one round trip; each mapping takes `submit`'s keyword arguments
+        (`audio` included). Returns their ids in order."""
+        built = [
+            (self._job(spec.get("audio"), **{k: v for k, v in spec.items() if k != "audio"}),
+             spec.get("audio_bytes") or b"")
+            for spec in jobs
+        ]  # fmt: skip
+        for done in await self.store.enqueue_many(built):
+            self._check_reuse(done)
+        return [job.job_id for job, _ in built]
+
+    @staticmethod
+    def _check_reuse(done: Enqueued) -> None:
+        if not done.created and not done.same:
+            raise InvalidJob(
+                "job_id_conflict",
+                f"job_id={done.job_id!r} is already used by a different job ({done.state})",
+            )
+
+    def _job(
+        self,
+        audio: str | os.PathLike[str] | None = None,
+        *,
+        audio_bytes: bytes | None = None,
+        job_id: str | None = None,
+        language: str | None = None,
+        task: str = "transcribe",
+        model: str | None = None,
+        beam_size: int = 5,
+        word_timestamps: bool = False,
+        vad_filter: bool = False,
+        initial_prompt: str | None = None,
+        client_id: str | None = None,
+    ) -> Job:
         if (audio is None) == (audio_bytes is None):
             raise InvalidJob("missing_field", "give exactly one of audio and audio_bytes")
         job_id = job_id or uuid.uuid4().hex
@@ -85,14 +137,7 @@ class Client:
             client_id=client_id,
         )
         # The worker parses the wire form; parsing it here gives the producer the same errors.
-        job = Job.from_fields(draft.to_fields(), entry_id=job_id)
-        done = await self.store.enqueue(job, audio_bytes or b"")
-        if not done.created and not done.same:
-            raise InvalidJob(
-                "job_id_conflict",
-                f"job_id={job_id!r} is already used by a different job ({done.state})",
-            )
-        return job_id
+        return Job.from_fields(draft.to_fields(), entry_id=job_id)
 
     async def status(self, job_id: str) -> JobStatus:
         """The job's record. Raises `JobNotFound`."""

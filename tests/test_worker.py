@@ -251,3 +251,17 @@ async def test_audio_limits_and_truncation(
     assert long.reason == "too_long" and "limit is 4.5 s" in long.error
     assert big.reason == "too_large" and "limit is 300000" in big.error
     assert truncated.reason == "truncated" and "cut short" in truncated.error
+
+
+async def test_submit_many_in_one_round_trip(settings: Settings, redis: RedisClient) -> None:
+    """`submit_many` queues a batch (ids in order, idempotent like `submit`)."""
+    client = Client(redis, settings)
+    specs = [{"audio": HELLO, "job_id": f"batch-{n}", "language": "en"} for n in range(20)]
+    ids = await client.submit_many(specs)
+    assert ids == [f"batch-{n}" for n in range(20)]
+    assert await client.submit_many(specs[:3]) == ids[:3]  # resubmission: nothing new
+    assert await redis.xlen(Keys(settings.prefix).stream) == 20
+    with pytest.raises(Exception, match="already used by a different job"):
+        await client.submit_many([{"audio": LONG, "job_id": "batch-0"}])
+    worker = await burst(settings, redis, FakeTranscriber())
+    assert worker.completed == 20
