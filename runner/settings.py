@@ -25,13 +25,14 @@ def _cores() -> int:
 
 
 def auto_concurrency(cores: int | None = None) -> int:
-    """Jobs per process when none is configured: one per core, at most eight.
+    """Jobs per process when none is configured: two per core, at most eight.
 
-    CTranslate2 replicas share the weights, so a replica per core with one thread each beats
-    fewer replicas with more threads on small models (measured in docs/benchmarks.md). Past eight
-    the decoded audio held per job costs more memory than the extra replicas gain.
+    Replicas with one thread each beat fewer replicas with more threads on small models, and a
+    second job per core keeps the engine busy while the other decodes audio or talks to Redis
+    (both measured in docs/benchmarks.md). Past eight, the memory each running job holds costs
+    more than the extra replicas gain.
     """
-    return max(1, min(cores or _cores(), 8))
+    return max(1, min(2 * (cores or _cores()), 8))
 
 
 def auto_cpu_threads(concurrency: int, cores: int | None = None) -> int:

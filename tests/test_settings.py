@@ -56,8 +56,8 @@ def test_bad_values_name_the_variable(env: dict[str, str], words: str) -> None:
 
 
 def test_automatic_concurrency_shares_the_cores() -> None:
-    """One job per core up to eight; threads per job fill the cores."""
-    assert auto_concurrency(2) == 2 and auto_concurrency(64) == 8
+    """Two jobs per core up to eight; threads per job fill the cores."""
+    assert auto_concurrency(1) == 2 and auto_concurrency(2) == 4 and auto_concurrency(64) == 8
     assert auto_cpu_threads(2, cores=2) == 1 and auto_cpu_threads(8, cores=64) == 8
     assert auto_cpu_threads(4, cores=2) == 1
 
