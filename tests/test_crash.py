@@ -23,7 +23,8 @@ from runner.store import Store
 from runner.worker import Worker
 
 from .conftest import FIXTURES, RedisClient
-from .helpers import ROOT, runner_env, running, until
+from .helpers import runner_env, running, until
+from .helpers import worker_process as run_worker_process
 from .test_model import direct
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -58,22 +59,9 @@ def env_of(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def worker_process(settings: Settings, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A `runner worker` process logging JSON to `log`; killed if still alive at the end."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "worker", *args],
-            env=env_of(settings),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-            proc.wait(30)
+    """A `runner worker` process with these settings, logging JSON to `log`."""
+    with run_worker_process(env_of(settings), log, *args) as proc:
+        yield proc
 
 
 @contextmanager

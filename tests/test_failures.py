@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -25,7 +21,7 @@ from runner.worker import Worker
 
 from .conftest import FIXTURES, RedisClient
 from .fakes import FakeTranscriber
-from .helpers import ROOT, burst, runner_env, running, until
+from .helpers import burst, runner_env, running, until, worker_process
 from .redis_server import RedisServer
 
 HELLO = FIXTURES / "hello.wav"
@@ -225,24 +221,6 @@ async def test_redis_outage_is_survived(settings: Settings, tmp_path: Path) -> N
         await redis.aclose()
     finally:
         server.stop()
-
-
-@contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "worker"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(30)
 
 
 async def _completed(worker: Worker, n: int) -> bool:

@@ -54,6 +54,28 @@ async def has_segments(redis: RedisClient, keys: Keys, job_id: str, n: int) -> b
     return int(await redis.llen(keys.checkpoint_segments(job_id))) >= n
 
 
+def checkpoint_of(
+    job: Job,
+    *segments: Segment,
+    resume_at: float = 60.0,
+    total_s: float = 122.046,
+    metadata: dict[str, str] | None = None,
+) -> Checkpoint:
+    """A checkpoint of `job` at `resume_at` holding `segments`."""
+    return Checkpoint(
+        job_id=job.job_id,
+        digest=job.digest(),
+        stage=Stage.TRANSCRIBING,
+        resume_at=resume_at,
+        processed_s=resume_at,
+        total_s=total_s,
+        language="en",
+        language_probability=0.9,
+        segments=segments,
+        metadata=metadata or {},
+    )
+
+
 def seg(n: int, seek: int, temperature: float = 0.0) -> Segment:
     return Segment(
         id=n,
@@ -113,18 +135,7 @@ async def test_resume_from_checkpoint(fast: Settings, redis: RedisClient) -> Non
     job_id = await client.submit(LONG)
     store = Store(redis, fast)
     _, job, begin = await ghost(store)
-    committed = (seg(1, 0), seg(2, 3000))
-    checkpoint = Checkpoint(
-        job_id=job_id,
-        digest=job.digest(),
-        stage=Stage.TRANSCRIBING,
-        resume_at=60.0,
-        processed_s=60.0,
-        total_s=122.046,
-        language="en",
-        language_probability=0.9,
-        segments=committed,
-    )
+    checkpoint = checkpoint_of(job, seg(1, 0), seg(2, 3000))
     saved = await store.save_checkpoint(
         checkpoint, fence=begin.fence, base=0, worker="ghost-1-dead", event={}
     )
@@ -161,17 +172,7 @@ async def test_stale_token_cannot_write(fast: Settings, redis: RedisClient) -> N
     await anyio.sleep(0.6)
     _, _, new = await ghost(store, "ghost-new")
     assert new.outcome is BeginOutcome.OK and new.fence == old.fence + 1
-    checkpoint = Checkpoint(
-        job_id=job_id,
-        digest=job.digest(),
-        stage=Stage.TRANSCRIBING,
-        resume_at=0.0,
-        processed_s=0.0,
-        total_s=4.0,
-        language="en",
-        language_probability=1.0,
-        segments=(seg(1, 0),),
-    )
+    checkpoint = checkpoint_of(job, seg(1, 0), resume_at=0.0, total_s=4.0)
     assert (
         await store.save_checkpoint(checkpoint, fence=old.fence, base=0, worker="x", event={}) == 0
     )
@@ -241,17 +242,7 @@ async def test_checkpoints_expire(fast: Settings, redis: RedisClient) -> None:
     job_id = await client.submit(LONG)
     store = Store(redis, settings)
     _, job, begin = await ghost(store)
-    checkpoint = Checkpoint(
-        job_id=job_id,
-        digest=job.digest(),
-        stage=Stage.TRANSCRIBING,
-        resume_at=30.0,
-        processed_s=30.0,
-        total_s=122.0,
-        language="en",
-        language_probability=1.0,
-        segments=(seg(1, 0),),
-    )
+    checkpoint = checkpoint_of(job, seg(1, 0), resume_at=30.0, total_s=122.0)
     await store.save_checkpoint(checkpoint, fence=begin.fence, base=0, worker="g", event={})
     keys = Keys(settings.prefix)
     assert 0 < await redis.ttl(keys.checkpoint(job_id)) <= 1
@@ -383,16 +374,12 @@ async def test_checkpoint_of_another_model_is_not_resumed(
     job_id = await client.submit(LONG)
     store = Store(redis, fast)
     _, job, begin = await ghost(store)
-    checkpoint = Checkpoint(
-        job_id=job_id,
-        digest=job.digest(),
-        stage=Stage.TRANSCRIBING,
+    checkpoint = checkpoint_of(
+        job,
+        seg(1, 0),
+        seg(2, 3000),
         resume_at=60.0,
-        processed_s=60.0,
         total_s=122.046,
-        language="en",
-        language_probability=0.9,
-        segments=(seg(1, 0), seg(2, 3000)),
         metadata={"model": "large-v3"},
     )
     await store.save_checkpoint(checkpoint, fence=begin.fence, base=0, worker="g", event={})
