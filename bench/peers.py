@@ -16,6 +16,8 @@ SCRIPTS = HERE / "peer_scripts"
 PEERS: dict[str, list[str]] = {
     "arq": ["arq==0.28.0"],
     "saq": ["saq[redis]==0.26.4", "typing_extensions"],
+    "taskiq": ["taskiq==0.13.0", "taskiq-redis==1.2.4"],
+    "streaq": ["streaq==7.2.0"],
 }
 
 

@@ -158,7 +158,7 @@ def _peer(name: str, url: str, mode: str, n: int) -> dict[str, Any] | None:
 
 
 def run(repetitions: int = 3, *, backlog: int = BACKLOG, latency_jobs: int = LATENCY_JOBS,
-        peers: tuple[str, ...] = ("arq", "saq")) -> dict[str, Any]:  # fmt: skip
+        peers: tuple[str, ...] = ("arq", "saq", "taskiq", "streaq")) -> dict[str, Any]:  # fmt: skip
     systems: dict[str, dict[str, list[float]]] = {}
 
     def record(name: str, key: str, value: float | list[float]) -> None:

@@ -88,7 +88,8 @@ def queue_section(r: dict[str, Any]) -> list[str]:
         f"running {r['concurrency']} at once. Latency: {r['latency_jobs']} jobs sent one at a "
         "time; submit to completed (the runner: its commit's server time; the others: when the "
         "job function returned). Peers run in virtual environments of their own (arq pins an "
-        "older redis-py); taskiq-redis and streaQ are not measured yet. Medians of "
+        "older redis-py; streaQ uses coredis). taskiq runs its Redis Streams broker with a "
+        "Redis result backend. Medians of "
         f"{systems['runner']['jobs_per_s']['n']} runs, range in brackets.",
         "",
         "| system | jobs/s | p50 ms | p99 ms |",
