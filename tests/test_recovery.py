@@ -188,6 +188,9 @@ async def test_stale_token_cannot_write(fast: Settings, redis: RedisClient) -> N
     assert [int(x) for x in leases] == [1]
     assert await store.commit(result, fence=new.fence, entry_id=entry_id, worker="x", event={})
     assert (await client.status(job_id)).state is JobState.COMPLETED
+    # A heartbeat racing the commit finds the entry acknowledged, not vanished.
+    leases = await store.renew("ghost-new", [(job_id, entry_id, new.fence)])
+    assert [int(x) for x in leases] == [1]
 
 
 async def test_deleted_pending_entry_is_cleaned_up(fast: Settings, redis: RedisClient) -> None:

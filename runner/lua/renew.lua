@@ -14,7 +14,9 @@ for j = 1, #KEYS - 1 do
     local claimed = redis.call('XCLAIM', stream, group, consumer, 0, entry, 'JUSTID')
     out[j] = #claimed == 1 and 1 or 2
   elseif owner == nil and current then
-    out[j] = 2
+    -- Not pending: acknowledged by this attempt's own commit a moment ago, or deleted by hand.
+    local state = redis.call('HGET', KEYS[1 + j], 'state')
+    out[j] = (state and is_terminal(state)) and 1 or 2
   else
     out[j] = 0
   end
