@@ -55,7 +55,8 @@ class Attempt:
     saved: int = 0
     last_save: float = field(default_factory=time.monotonic)
     resumed_from: float | None = None
-    #: The model this attempt runs (resolved from the job's `model` or the worker's default).
+    #: The model this attempt runs: the job's `model`, resolved by the worker (which picks the
+    #: model's circuit breaker from it), or the worker's default.
     model: str = ""
 
     @property
@@ -135,7 +136,7 @@ class Executor:
         produces a window; engine failures are the caller's to report.
         """
         job = attempt.job
-        model = attempt.model = self.transcriber.resolve(job.model)
+        model = attempt.model
         audio = await self.load_audio(job)
         decoded = time.monotonic()
         attempt.total_s = audio.duration

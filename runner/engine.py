@@ -46,16 +46,6 @@ class EngineRequest:
     #: Start here (seconds) instead of at 0: the resume point of a checkpoint.
     clip_start: float | None = None
 
-    def options(self) -> dict[str, Any]:
-        """The options as recorded in a result."""
-        return {
-            "task": self.task,
-            "beam_size": self.beam_size,
-            "word_timestamps": self.word_timestamps,
-            "vad_filter": self.vad_filter,
-            "language": self.language,
-        }
-
 
 @dataclass(slots=True)
 class Transcription:

@@ -242,20 +242,18 @@ class Store:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def enqueue(self, job: Job, audio: bytes = b"") -> Enqueued:
-        """Add a job unless its id exists; `audio` is stored under the job's audio key.
-
-        Raises `RateLimited` when the job's client (`client_id`, else `anonymous`) has used up
-        its window. Resubmitting an existing id is never counted against the limit.
-        """
-        return (await self.enqueue_many([(job, audio)]))[0]
-
     async def enqueue_many(self, jobs: Sequence[tuple[Job, bytes]]) -> list[Enqueued]:
-        """`enqueue` for many jobs in one round trip (each its own script). The first job over
-        the rate limit raises `RateLimited`; the jobs before it are queued."""
+        """Add jobs unless their ids exist, in one round trip (each job its own script); each
+        job's bytes, if any, go under its audio key.
+
+        Resubmitting an existing id is never counted against the rate limit. The first job
+        over its client's limit (`client_id`, else `anonymous`) raises `RateLimited`; the jobs
+        before it are queued.
+        """
         limit, window = self.settings.rate
+        digests = [job.digest() for job, _ in jobs]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job, audio in jobs:
+            for (job, audio), digest in zip(jobs, digests, strict=True):
                 fields = job.to_fields()
                 flat = [part for pair in fields.items() for part in pair]
                 await self._enqueue(
@@ -270,7 +268,7 @@ class Store:
                     ],
                     args=[
                         job.job_id,
-                        job.digest(),
+                        digest,
                         self.settings.events_maxlen,
                         json.dumps(fields, ensure_ascii=False),
                         audio,
@@ -282,7 +280,7 @@ class Store:
                 )
             replies = await pipe.execute()
         out = []
-        for (job, _), reply in zip(jobs, replies, strict=True):
+        for (job, _), digest, reply in zip(jobs, digests, replies, strict=True):
             code = int(reply[0])
             if code == -1:
                 raise RateLimited(job.client_id or ANONYMOUS, int(reply[1]) / 1000)
@@ -291,7 +289,7 @@ class Store:
                     job_id=job.job_id,
                     created=code == 1,
                     state=JobState.QUEUED if code == 1 else JobState(_s(reply[1])),
-                    same=_s(reply[2]) == job.digest(),
+                    same=_s(reply[2]) == digest,
                 )
             )
         return out

@@ -116,6 +116,7 @@ class Worker:
         self.metrics = Metrics()
         self.metrics.slots.set(self.concurrency)
         self._started_at = time.time()
+        self._version = _version()
         self._last_beat = time.monotonic()
         self._redis_ok = False
         self._limiter = anyio.CapacityLimiter(self.concurrency)
@@ -409,7 +410,7 @@ class Worker:
         info: dict[str, str | int | float] = {
             "name": self.name,
             **host_identity(),
-            "version": _version(),
+            "version": self._version,
             "model": self.default_model,
             "slots": self.concurrency,
             "busy": self._busy,
@@ -527,7 +528,7 @@ class Worker:
         attempt = Attempt(job, entry_id, begin.fence, begin.attempts, digest)
         self.metrics.attempts.inc()
         try:
-            model = self.transcriber.resolve(job.model)
+            model = attempt.model = self.transcriber.resolve(job.model)
         except JobError as exc:
             await self._fail(attempt, exc, fields)
             return
