@@ -25,6 +25,7 @@ from .metrics import Metrics
 from .retry import TRANSIENT, retrying
 from .settings import Settings
 from .store import Store
+from .threads import Threads
 from .transcript import Segment, Transcript
 
 __all__ = ["Attempt", "Executor"]
@@ -112,7 +113,7 @@ class Executor:
         settings: Settings,
         store: Store,
         transcriber: Transcriber,
-        limiter: anyio.CapacityLimiter,
+        threads: Threads,
         worker: str,
         metrics: Metrics,
         load_audio: Callable[[Job], Awaitable[Audio]] | None = None,
@@ -120,7 +121,7 @@ class Executor:
         self.settings = settings
         self.store = store
         self.transcriber = transcriber
-        self.limiter = limiter
+        self.threads = threads
         self.worker = worker
         self.metrics = metrics
         #: Decodes a job's audio; replaceable (benchmarks measure the queue without decoding).
@@ -183,9 +184,7 @@ class Executor:
             return started, _next_window(started, audio.duration)
 
         # One thread hop per window: the engine's own pace, and the loop is free meanwhile.
-        started, steps = await anyio.to_thread.run_sync(
-            start, limiter=self.limiter, abandon_on_cancel=True
-        )
+        started, steps = await self.threads.run(start)
         attempt.language = checkpoint.language if checkpoint else started.language
         attempt.language_probability = (
             checkpoint.language_probability if checkpoint else started.language_probability
@@ -208,10 +207,7 @@ class Executor:
                         await self.checkpoint(attempt)
             if finished:
                 break
-            steps = await anyio.to_thread.run_sync(
-                _next_window, started, audio.duration, limiter=self.limiter,
-                abandon_on_cancel=True,
-            )  # fmt: skip
+            steps = await self.threads.run(_next_window, started, audio.duration)
         segments = attempt.windows.finish()
         attempt.stage = Stage.POSTPROCESSING
         done = time.monotonic()
@@ -341,9 +337,8 @@ class Executor:
                 self.settings.effective_audio_roots,
                 self.settings.max_audio_bytes,
             )
-            return await anyio.to_thread.run_sync(
-                lambda: decode(path, max_seconds=limit, label=str(job.audio)),
-                limiter=self.limiter,
+            return await self.threads.run(
+                lambda: decode(path, max_seconds=limit, label=str(job.audio))
             )
         assert job.audio_key is not None
         key = job.audio_key
@@ -351,9 +346,7 @@ class Executor:
             "read audio", lambda: self._audio_bytes(key), within=self.settings.retry_seconds
         )
         label = f"key:{job.audio_key}"
-        return await anyio.to_thread.run_sync(
-            lambda: decode(data, max_seconds=limit, label=label), limiter=self.limiter
-        )
+        return await self.threads.run(lambda: decode(data, max_seconds=limit, label=label))
 
     async def _audio_bytes(self, key: str) -> bytes:
         cap = self.settings.max_audio_key_bytes

@@ -36,11 +36,14 @@ __all__ = [
     "JobStatus",
     "Lease",
     "Store",
+    "Taken",
     "decode_fields",
     "load_script",
 ]
 
 Entry = tuple[str, dict[bytes, bytes]]
+#: An entry given to a consumer, with its attempt already started (or None: not yet).
+Taken = tuple[str, dict[bytes, bytes], "Begin | None"]
 
 #: The rate-limit bucket of jobs submitted without a `client_id`.
 ANONYMOUS = "anonymous"
@@ -225,6 +228,7 @@ class Store:
         self.keys = Keys(settings.prefix)
         self._enqueue = load_script(redis, "enqueue")
         self._begin = load_script(redis, "begin")
+        self._take = load_script(redis, "take")
         self._commit = load_script(redis, "commit")
         self._fail = load_script(redis, "fail")
         self._renew = load_script(redis, "renew")
@@ -304,6 +308,31 @@ class Store:
         _, entries = reply[0]
         return [(_s(entry_id), fields or {}) for entry_id, fields in entries]
 
+    async def take(
+        self, consumer: str, count: int
+    ) -> list[tuple[str, dict[bytes, bytes], Begin | None]]:
+        """Read up to `count` new entries (without waiting) and start their attempts, in one
+        call. Each comes with its `Begin`, or None when the worker must parse it and call
+        `begin_many` itself (it was not submitted through `Client`, or is not a job at all).
+        """
+        keys = self._batch_keys()
+        args = [*self._batch_args(consumer), count, self.settings.prefix]
+        replies = await self._take(keys=keys, args=args)
+        out = []
+        for entry_id, flat, reply in replies:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            begun = None if reply[0] == b"new" else _begin_reply(reply)
+            out.append((_s(entry_id), fields, begun))
+        return out
+
+    def _batch_keys(self) -> list[str]:
+        k = self.keys
+        return [k.stream, k.events, k.dead, k.entries, k.counts]
+
+    def _batch_args(self, consumer: str) -> list[Any]:
+        s = self.settings
+        return [consumer, GROUP, s.events_maxlen, s.max_deliveries, s.result_ttl]
+
     async def begin(
         self,
         entry_id: str,
@@ -319,38 +348,20 @@ class Store:
     async def begin_many(
         self, consumer: str, items: Sequence[tuple[str, str, str, Mapping[str, str]]]
     ) -> list[Begin]:
-        """`begin` for (entry_id, job_id, digest, fields) items, in one round trip.
+        """`begin` for (entry_id, job_id, digest, fields) items, in one script call.
 
-        Each job's start is still its own atomic script; the pipeline only saves round trips
-        when a read returns many entries at once.
+        Each job's start is decided on its own; one call for a read's entries saves a round
+        trip and the packing of a command per job.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id, job_id, digest, fields in items:
-                await self._begin(
-                    keys=[
-                        self.keys.job(job_id),
-                        self.keys.stream,
-                        self.keys.events,
-                        self.keys.checkpoint(job_id),
-                        self.keys.checkpoint_segments(job_id),
-                        self.keys.dead,
-                        self.keys.entries,
-                        self.keys.counts,
-                    ],
-                    args=[
-                        entry_id,
-                        job_id,
-                        consumer,
-                        GROUP,
-                        digest,
-                        json.dumps(dict(fields), ensure_ascii=False),
-                        self.settings.events_maxlen,
-                        self.settings.max_deliveries,
-                        self.settings.result_ttl,
-                    ],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+        if not items:
+            return []
+        k = self.keys
+        keys = self._batch_keys()
+        args = self._batch_args(consumer)
+        for entry_id, job_id, digest, fields in items:
+            keys += [k.job(job_id), k.checkpoint(job_id), k.checkpoint_segments(job_id)]
+            args += [entry_id, job_id, digest, json.dumps(dict(fields), ensure_ascii=False)]
+        replies = await self._begin(keys=keys, args=args)
         return [_begin_reply(reply) for reply in replies]
 
     async def commit(
@@ -366,36 +377,30 @@ class Store:
         return (await self.commit_many([Commit(transcript, fence, entry_id, worker, event)]))[0]
 
     async def commit_many(self, commits: Sequence[Commit]) -> list[bool]:
-        """`commit` for several jobs in one round trip; each is its own fenced script."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for c in commits:
-                job_id = c.transcript.job_id
-                await self._commit(
-                    keys=[
-                        self.keys.job(job_id),
-                        self.keys.result(job_id),
-                        self.keys.stream,
-                        self.keys.events,
-                        self.keys.checkpoint(job_id),
-                        self.keys.checkpoint_segments(job_id),
-                        self.keys.audio(job_id),
-                        self.keys.entries,
-                        self.keys.counts,
-                    ],
-                    args=[
-                        c.fence,
-                        c.entry_id,
-                        GROUP,
-                        c.transcript.to_json(),
-                        self.settings.result_ttl,
-                        job_id,
-                        c.worker,
-                        self.settings.events_maxlen,
-                        json.dumps(dict(c.event)),
-                    ],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+        """`commit` for several jobs in one script call; each job is fenced on its own."""
+        if not commits:
+            return []
+        k = self.keys
+        keys = [k.stream, k.events, k.entries, k.counts]
+        args: list[Any] = [GROUP, self.settings.result_ttl, self.settings.events_maxlen]
+        for c in commits:
+            job_id = c.transcript.job_id
+            keys += [
+                k.job(job_id),
+                k.result(job_id),
+                k.checkpoint(job_id),
+                k.checkpoint_segments(job_id),
+                k.audio(job_id),
+            ]
+            args += [
+                c.fence,
+                c.entry_id,
+                job_id,
+                c.worker,
+                c.transcript.to_json(),
+                json.dumps(dict(c.event), separators=(",", ":")),
+            ]
+        replies = await self._commit(keys=keys, args=args)
         return [bool(r) for r in replies]
 
     async def fail(

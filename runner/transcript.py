@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Segment", "Transcript", "Word"]
@@ -18,6 +18,14 @@ class Word:
     end: float
     word: str
     probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "end": self.end,
+            "word": self.word,
+            "probability": self.probability,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +49,20 @@ class Segment:
     words: tuple[Word, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["tokens"] = list(self.tokens)
-        out["words"] = None if self.words is None else [asdict(w) for w in self.words]
-        return out
+        # Spelled out: dataclasses.asdict deep-copies every value, and results are hot.
+        return {
+            "id": self.id,
+            "seek": self.seek,
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "tokens": list(self.tokens),
+            "temperature": self.temperature,
+            "avg_logprob": self.avg_logprob,
+            "compression_ratio": self.compression_ratio,
+            "no_speech_prob": self.no_speech_prob,
+            "words": None if self.words is None else [w.to_dict() for w in self.words],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Segment:

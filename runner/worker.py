@@ -2,8 +2,8 @@
 
 Long-lived tasks (consumer, heartbeat, signal watcher) live in one task group; each job runs in a
 second group, so that stopping can first stop reading, then let running jobs finish within the
-grace, then hand the rest back. The engine runs in worker threads under a `CapacityLimiter`, one
-window per call, so the event loop stays free to renew leases while every core transcribes.
+grace, then hand the rest back. The engine runs in a pool of one thread per job slot, one window
+per call, so the event loop stays free to renew leases while every core transcribes.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -39,7 +39,8 @@ from .metrics import BREAKER_VALUES, CONTENT_TYPE, Metrics
 from .retry import TRANSIENT, backoff, retrying
 from .settings import Settings
 from .stats import forget_worker, host_identity, liveness_ttl, publish_liveness, queue_depth
-from .store import Begin, BeginOutcome, Commit, Entry, Lease, Store, decode_fields
+from .store import Begin, BeginOutcome, Commit, Lease, Store, Taken, decode_fields
+from .threads import Threads
 
 __all__ = ["Worker", "consumer_name"]
 
@@ -119,9 +120,9 @@ class Worker:
         self._version = _version()
         self._last_beat = time.monotonic()
         self._redis_ok = False
-        self._limiter = anyio.CapacityLimiter(self.concurrency)
+        self._threads = Threads(self.concurrency)
         self._executor = Executor(
-            settings, self.store, transcriber, self._limiter, self.name, self.metrics, load_audio
+            settings, self.store, transcriber, self._threads, self.name, self.metrics, load_audio
         )
         self._stopping = anyio.Event()
         self._slot_freed = anyio.Event()
@@ -165,7 +166,12 @@ class Worker:
         self._commit_send, self._commit_receive = anyio.create_memory_object_stream[_PendingCommit](
             max_buffer_size=math.inf
         )
-        with self._commit_send, self._commit_receive, anyio.CancelScope() as hard_stop:
+        with (
+            self._commit_send,
+            self._commit_receive,
+            closing(self._threads),
+            anyio.CancelScope() as hard_stop,
+        ):
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await self._load_default_model()
@@ -262,6 +268,12 @@ class Worker:
                     if reclaimable:
                         continue
                     count = min(count, self.concurrency - self._busy)
+                # Under load, entries wait: read and start them in one call. Otherwise block.
+                taken = await self.store.take(self.name, count)
+                if taken:
+                    failures = 0
+                    await self._start_batch(jobs, taken, breaker)
+                    continue
                 wait_ms = max(1, int((next_reclaim - anyio.current_time()) * 1000))
                 entries = await self.store.read(self.name, count, min(block_ms, wait_ms))
                 failures = 0
@@ -279,7 +291,7 @@ class Worker:
                 if self.burst and self._busy:
                     await self._wait_slot()
                 continue
-            await self._start_batch(jobs, entries, breaker)
+            await self._start_batch(jobs, [(e, f, None) for e, f in entries], breaker)
 
     async def _wait_breaker(self, breaker: CircuitBreaker) -> None:
         """Wait while the breaker admits nothing (open, or its probes all out)."""
@@ -288,35 +300,37 @@ class Worker:
             await self._stopping.wait()
 
     async def _start_batch(
-        self, jobs: TaskGroup, entries: list[Entry], breaker: CircuitBreaker
+        self, jobs: TaskGroup, entries: Sequence[Taken], breaker: CircuitBreaker
     ) -> None:
-        """Parse the entries and start their attempts in one round trip, then run each."""
+        """Parse the entries, start the attempts not yet started in one call, then run each."""
         self._busy += len(entries)
         prepared: list[_Prepared] = []
         items = []
-        for entry_id, raw in entries:
+        for entry_id, raw, begun in entries:
             fields = decode_fields(raw)
             try:
                 job: Job | InvalidJob = Job.from_fields(raw, entry_id)
             except InvalidJob as exc:
                 job = exc
             digest = job.digest() if isinstance(job, Job) else ""
-            prepared.append(_Prepared(entry_id, fields, job, digest))
-            if isinstance(job, Job):
+            prepared.append(_Prepared(entry_id, fields, job, digest, begun))
+            if isinstance(job, Job) and begun is None:
                 items.append((entry_id, job.job_id, digest, fields))
-        try:
-            begins = iter(
-                await self._redis("begin", lambda: self.store.begin_many(self.name, items))
-            )
-        except TransientError as exc:
-            # Left pending: the lease brings these entries back later.
-            log.error("entries.abandoned", entries=len(entries), error=str(exc))
-            self._busy -= len(entries)
-            self._slot_freed.set()
-            return
+        if items:
+            try:
+                begins = iter(
+                    await self._redis("begin", lambda: self.store.begin_many(self.name, items))
+                )
+            except TransientError as exc:
+                # Left pending: the lease brings these entries back later.
+                log.error("entries.abandoned", entries=len(entries), error=str(exc))
+                self._busy -= len(entries)
+                self._slot_freed.set()
+                return
+            for p in prepared:
+                if isinstance(p.job, Job) and p.begin is None:
+                    p.begin = next(begins)
         for p in prepared:
-            if isinstance(p.job, Job):
-                p.begin = next(begins)
             jobs.start_soon(self._run_entry, p, breaker.allow())
 
     async def _reclaim(self, jobs: TaskGroup, free: int, breaker: CircuitBreaker) -> int:
@@ -329,7 +343,7 @@ class Worker:
             for entry in claimed.entries:
                 log.info("entry.reclaimed", entry=entry[0])
             if claimed.entries:
-                await self._start_batch(jobs, claimed.entries, breaker)
+                await self._start_batch(jobs, [(e, f, None) for e, f in claimed.entries], breaker)
             taken += len(claimed.entries)
             self.metrics.reclaims.inc(len(claimed.entries))
             cursor = claimed.cursor

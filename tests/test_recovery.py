@@ -15,7 +15,7 @@ from runner.job import Job, JobState
 from runner.keys import GROUP, Keys
 from runner.producer import Client
 from runner.settings import Settings
-from runner.store import Begin, BeginOutcome, Store, decode_fields
+from runner.store import Begin, BeginOutcome, Commit, Store, decode_fields
 from runner.transcript import Segment, Transcript
 from runner.worker import Worker
 
@@ -392,3 +392,59 @@ async def test_checkpoint_of_another_model_is_not_resumed(
             result = await client.wait(job_id)
     assert result.resumed_from is None and engine.requests[0].clip_start is None
     assert [s.text for s in result.segments] == [f" window {n}" for n in range(5)]
+
+
+async def test_take_starts_submitted_jobs_and_leaves_the_rest(
+    fast: Settings, redis: RedisClient
+) -> None:
+    """The read-and-start fast path starts what `Client` submitted; a plain XADD and a
+    malformed entry come back unstarted, for the worker to parse and begin (or reject)."""
+    client = Client(redis, fast)
+    store = Store(redis, fast)
+    await store.ensure_group()
+    submitted = await client.submit(str(HELLO), job_id="taken-1")
+    plain = await redis.xadd(store.keys.stream, {"audio": str(HELLO), "job_id": "plain-1"})
+    junk = await redis.xadd(store.keys.stream, {"nothing": "here"})
+    taken = await store.take("w-1", 10)
+    assert [entry for entry, _, _ in taken] == [
+        (await client.status(submitted)).entry,
+        plain.decode(),
+        junk.decode(),
+    ]
+    (_, fields, begun), (_, _, plain_begun), (_, _, junk_begun) = taken
+    assert fields[b"job_id"] == b"taken-1"
+    assert begun is not None and begun.outcome is BeginOutcome.OK
+    assert (begun.fence, begun.attempts, begun.deliveries, begun.checkpoint) == (1, 1, 1, False)
+    assert plain_begun is None and junk_begun is None
+    status = await client.status(submitted)
+    assert status.state is JobState.RUNNING and status.worker == "w-1"
+    # The plain entry is this consumer's now: the batch begin starts it and files its record.
+    job = Job.from_fields(taken[1][1], plain.decode())
+    [started] = await store.begin_many(
+        "w-1", [(plain.decode(), job.job_id, job.digest(), decode_fields(taken[1][1]))]
+    )
+    assert started.outcome is BeginOutcome.OK
+    assert (await client.status("plain-1")).state is JobState.RUNNING
+    assert await store.take("w-1", 10) == []
+
+
+async def test_batched_commits_are_fenced_one_by_one(fast: Settings, redis: RedisClient) -> None:
+    client = Client(redis, fast)
+    store = Store(redis, fast)
+    await store.ensure_group()
+    ids = [await client.submit(str(HELLO), job_id=f"batch-{n}") for n in range(3)]
+    taken = await store.take("w-1", 10)
+    commits = []
+    for (entry_id, _, begun), job_id in zip(taken, ids, strict=True):
+        assert begun is not None
+        result = Transcript(
+            job_id=job_id, language="en", language_probability=1.0, duration=1.0, segments=(),
+            model="m",
+        )  # fmt: skip
+        # The second one's token is stale: only it must be refused.
+        fence = begun.fence + (1 if job_id == "batch-1" else 0)
+        commits.append(Commit(result, fence, entry_id, "w-1", {}))
+    assert await store.commit_many(commits) == [True, False, True]
+    states = [(await client.status(j)).state for j in ids]
+    assert states == [JobState.COMPLETED, JobState.RUNNING, JobState.COMPLETED]
+    assert await store.result("batch-1") is None

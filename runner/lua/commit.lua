@@ -1,25 +1,40 @@
--- Publish a job's result, then acknowledge and delete its entry: all or nothing, fenced.
--- KEYS: job, result, stream, events, checkpoint, checkpoint_segments, uploaded audio,
---       entries index, counts
--- ARGV: fence, entry, group, result_json, result_ttl, job_id, worker, events_maxlen, event_data
-local job, result, stream, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local h = redis.call('HMGET', job, 'fence', 'state')
-if h[1] ~= ARGV[1] then
-  return 0
-end
-if h[2] == 'completed' then
-  return 1  -- a retried call after a lost reply: already done
-end
+-- Publish results, then acknowledge and delete their entries: each all or nothing, fenced.
+-- One call for every result that finished together; each job is decided on its own.
+-- KEYS: stream, events, entries index, counts,
+--       then per job: job, result, checkpoint, checkpoint segments, uploaded audio
+-- ARGV: group, result_ttl, events_maxlen,
+--       then per job: fence, entry, job_id, worker, result_json, event_data
+-- Returns one integer per job: 1 committed (or already was), 0 fenced off.
+local stream, events, index, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local t = now()
-local ttl = tonumber(ARGV[5])
-redis.call('SET', result, ARGV[4], 'EX', ttl)
-redis.call('HSET', job, 'state', 'completed', 'finished_at', t)
-redis.call('HDEL', job, 'error', 'reason')
-redis.call('EXPIRE', job, ttl)
-redis.call('XACK', stream, ARGV[3], ARGV[2])
-redis.call('XDEL', stream, ARGV[2])
-redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
-redis.call('HDEL', KEYS[8], ARGV[2])
-redis.call('HINCRBY', KEYS[9], 'completed', 1)
-emit(events, ARGV[8], 'job.completed', t, ARGV[6], ARGV[7], ARGV[9])
-return 1
+
+local function commit_one(job, result, ckpt, ckpt_segments, audio,
+                          fence, entry, job_id, worker, result_json, event_data)
+  local h = redis.call('HMGET', job, 'fence', 'state')
+  if h[1] ~= fence then
+    return 0
+  end
+  if h[2] == 'completed' then
+    return 1  -- a retried call after a lost reply: already done
+  end
+  redis.call('SET', result, result_json, 'EX', ttl)
+  redis.call('HSET', job, 'state', 'completed', 'finished_at', t)
+  redis.call('HDEL', job, 'error', 'reason')
+  redis.call('EXPIRE', job, ttl)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  redis.call('DEL', ckpt, ckpt_segments, audio)
+  redis.call('HDEL', index, entry)
+  redis.call('HINCRBY', counts, 'completed', 1)
+  emit(events, maxlen, 'job.completed', t, job_id, worker, event_data)
+  return 1
+end
+
+local replies = {}
+for i = 0, (#KEYS - 4) / 5 - 1 do
+  local k, a = 5 + 5 * i, 4 + 6 * i
+  replies[#replies + 1] = commit_one(KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
+    KEYS[k + 4], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+end
+return replies

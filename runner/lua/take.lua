@@ -1,0 +1,36 @@
+-- Read new entries and start their attempts in one call: the worker's fast path under load.
+-- Only jobs submitted through the enqueue script are started here (their record names this
+-- entry, so no digest is needed); the rest come back as {'new'} for the worker to parse and
+-- start with the begin script (a plain XADD's record starts there, with its digest).
+-- KEYS: stream, events, dead letters, entries index, counts
+--       (every job key is derived from the prefix: same hash slot as the keys above)
+-- ARGV: consumer, group, events_maxlen, max_attempts, ttl, count, prefix
+-- Returns {entry, {field, value, ...}, begin_attempt reply or {'new'}} per entry read.
+local c = batch_context()
+local prefix = ARGV[7]
+local read = redis.call('XREADGROUP', 'GROUP', c.group, c.consumer, 'COUNT', ARGV[6],
+  'STREAMS', c.stream, '>')
+if not read then
+  return {}
+end
+local replies = {}
+for _, e in ipairs(read[1][2]) do
+  local entry, f = e[1], e[2]
+  local reply = {'new'}
+  local job_id
+  for i = 1, #f, 2 do
+    if f[i] == 'job_id' then
+      job_id = f[i + 1]
+      break
+    end
+  end
+  if job_id then
+    local job = prefix .. ':job:' .. job_id
+    if redis.call('HGET', job, 'entry') == entry then
+      local ckpt = prefix .. ':ckpt:' .. job_id
+      reply = begin_attempt(c, job, ckpt, ckpt .. ':segments', entry, job_id, '', '', 1)
+    end
+  end
+  replies[#replies + 1] = {entry, f, reply}
+end
+return replies
