@@ -308,15 +308,13 @@ class Store:
         _, entries = reply[0]
         return [(_s(entry_id), fields or {}) for entry_id, fields in entries]
 
-    async def take(
-        self, consumer: str, count: int
-    ) -> list[tuple[str, dict[bytes, bytes], Begin | None]]:
+    async def take(self, consumer: str, count: int) -> list[Taken]:
         """Read up to `count` new entries (without waiting) and start their attempts, in one
         call. Each comes with its `Begin`, or None when the worker must parse it and call
         `begin_many` itself (it was not submitted through `Client`, or is not a job at all).
         """
         keys = self._batch_keys()
-        args = [*self._batch_args(consumer), count, self.settings.prefix]
+        args = [*self._batch_args(consumer), count]
         replies = await self._take(keys=keys, args=args)
         out = []
         for entry_id, flat, reply in replies:
@@ -331,7 +329,7 @@ class Store:
 
     def _batch_args(self, consumer: str) -> list[Any]:
         s = self.settings
-        return [consumer, GROUP, s.events_maxlen, s.max_deliveries, s.result_ttl]
+        return [consumer, GROUP, s.events_maxlen, s.max_deliveries, s.result_ttl, s.prefix]
 
     async def begin(
         self,
@@ -355,11 +353,9 @@ class Store:
         """
         if not items:
             return []
-        k = self.keys
         keys = self._batch_keys()
         args = self._batch_args(consumer)
         for entry_id, job_id, digest, fields in items:
-            keys += [k.job(job_id), k.checkpoint(job_id), k.checkpoint_segments(job_id)]
             args += [entry_id, job_id, digest, json.dumps(dict(fields), ensure_ascii=False)]
         replies = await self._begin(keys=keys, args=args)
         return [_begin_reply(reply) for reply in replies]
@@ -380,28 +376,19 @@ class Store:
         """`commit` for several jobs in one script call; each job is fenced on its own."""
         if not commits:
             return []
-        k = self.keys
+        k, s = self.keys, self.settings
         keys = [k.stream, k.events, k.entries, k.counts]
-        args: list[Any] = [GROUP, self.settings.result_ttl, self.settings.events_maxlen]
+        args: list[Any] = [GROUP, s.result_ttl, s.events_maxlen, s.prefix]
         for c in commits:
-            job_id = c.transcript.job_id
-            keys += [
-                k.job(job_id),
-                k.result(job_id),
-                k.checkpoint(job_id),
-                k.checkpoint_segments(job_id),
-                k.audio(job_id),
-            ]
             args += [
                 c.fence,
                 c.entry_id,
-                job_id,
+                c.transcript.job_id,
                 c.worker,
                 c.transcript.to_json(),
                 json.dumps(dict(c.event), separators=(",", ":")),
             ]
-        replies = await self._commit(keys=keys, args=args)
-        return [bool(r) for r in replies]
+        return [bool(r) for r in await self._commit(keys=keys, args=args)]
 
     async def fail(
         self,

@@ -499,9 +499,10 @@ class Worker:
     # -- one job ------------------------------------------------------------------------------
 
     async def _run_entry(self, prepared: _Prepared, permit: Permit | None) -> None:
+        # Each job runs in a task of its own, with its own copy of the logging context.
+        structlog.contextvars.bind_contextvars(entry=prepared.entry_id)
         try:
-            with structlog.contextvars.bound_contextvars(entry=prepared.entry_id):
-                await self._process(prepared, permit)
+            await self._process(prepared, permit)
         except TransientError as exc:
             # Redis stayed away longer than the retries: the lease brings the job back later.
             log.error("job.abandoned", entry=prepared.entry_id, error=str(exc))

@@ -448,3 +448,7 @@ async def test_batched_commits_are_fenced_one_by_one(fast: Settings, redis: Redi
     states = [(await client.status(j)).state for j in ids]
     assert states == [JobState.COMPLETED, JobState.RUNNING, JobState.COMPLETED]
     assert await store.result("batch-1") is None
+    assert [r.job_id for r in [await store.result(j) for j in ("batch-0", "batch-2")] if r] == [
+        "batch-0",
+        "batch-2",
+    ]

@@ -1,15 +1,17 @@
 -- Start attempts at entries this consumer was given (read, or reclaimed): one call per batch,
 -- each job decided on its own (see begin_attempt in lib.lua).
--- KEYS: stream, events, dead letters, entries index, counts,
---       then per job: job, checkpoint, checkpoint segments
--- ARGV: consumer, group, events_maxlen, max_attempts, ttl,
+-- KEYS: stream, events, dead letters, entries index, counts
+--       (each job's keys are derived from the prefix: same hash slot as the keys above)
+-- ARGV: consumer, group, events_maxlen, max_attempts, ttl, prefix,
 --       then per job: entry, job_id, digest, fields_json
 -- Returns one begin_attempt reply per job.
 local c = batch_context()
+local prefix = ARGV[6]
 local replies = {}
-for i = 0, (#KEYS - 5) / 3 - 1 do
-  local k, a = 6 + 3 * i, 6 + 4 * i
-  replies[#replies + 1] = begin_attempt(c, KEYS[k], KEYS[k + 1], KEYS[k + 2],
-    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], nil)
+for a = 7, #ARGV, 4 do
+  local job_id = ARGV[a + 1]
+  local ckpt = prefix .. ':ckpt:' .. job_id
+  replies[#replies + 1] = begin_attempt(c, prefix .. ':job:' .. job_id, ckpt,
+    ckpt .. ':segments', ARGV[a], job_id, ARGV[a + 2], ARGV[a + 3], nil)
 end
 return replies

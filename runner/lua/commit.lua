@@ -1,16 +1,16 @@
 -- Publish results, then acknowledge and delete their entries: each all or nothing, fenced.
 -- One call for every result that finished together; each job is decided on its own.
--- KEYS: stream, events, entries index, counts,
---       then per job: job, result, checkpoint, checkpoint segments, uploaded audio
--- ARGV: group, result_ttl, events_maxlen,
+-- KEYS: stream, events, entries index, counts
+--       (each job's keys are derived from the prefix: same hash slot as the keys above)
+-- ARGV: group, result_ttl, events_maxlen, prefix,
 --       then per job: fence, entry, job_id, worker, result_json, event_data
 -- Returns one integer per job: 1 committed (or already was), 0 fenced off.
 local stream, events, index, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local group, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local group, ttl, maxlen, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local t = now()
 
-local function commit_one(job, result, ckpt, ckpt_segments, audio,
-                          fence, entry, job_id, worker, result_json, event_data)
+local function commit_one(fence, entry, job_id, worker, result_json, event_data)
+  local job = prefix .. ':job:' .. job_id
   local h = redis.call('HMGET', job, 'fence', 'state')
   if h[1] ~= fence then
     return 0
@@ -18,13 +18,14 @@ local function commit_one(job, result, ckpt, ckpt_segments, audio,
   if h[2] == 'completed' then
     return 1  -- a retried call after a lost reply: already done
   end
-  redis.call('SET', result, result_json, 'EX', ttl)
+  redis.call('SET', prefix .. ':result:' .. job_id, result_json, 'EX', ttl)
   redis.call('HSET', job, 'state', 'completed', 'finished_at', t)
   redis.call('HDEL', job, 'error', 'reason')
   redis.call('EXPIRE', job, ttl)
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
-  redis.call('DEL', ckpt, ckpt_segments, audio)
+  local ckpt = prefix .. ':ckpt:' .. job_id
+  redis.call('DEL', ckpt, ckpt .. ':segments', prefix .. ':audio:' .. job_id)
   redis.call('HDEL', index, entry)
   redis.call('HINCRBY', counts, 'completed', 1)
   emit(events, maxlen, 'job.completed', t, job_id, worker, event_data)
@@ -32,9 +33,8 @@ local function commit_one(job, result, ckpt, ckpt_segments, audio,
 end
 
 local replies = {}
-for i = 0, (#KEYS - 4) / 5 - 1 do
-  local k, a = 5 + 5 * i, 4 + 6 * i
-  replies[#replies + 1] = commit_one(KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3],
-    KEYS[k + 4], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+for a = 5, #ARGV, 6 do
+  replies[#replies + 1] = commit_one(ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4], ARGV[a + 5])
 end
 return replies

@@ -4,11 +4,11 @@
 -- start with the begin script (a plain XADD's record starts there, with its digest).
 -- KEYS: stream, events, dead letters, entries index, counts
 --       (every job key is derived from the prefix: same hash slot as the keys above)
--- ARGV: consumer, group, events_maxlen, max_attempts, ttl, count, prefix
+-- ARGV: consumer, group, events_maxlen, max_attempts, ttl, prefix, count
 -- Returns {entry, {field, value, ...}, begin_attempt reply or {'new'}} per entry read.
 local c = batch_context()
-local prefix = ARGV[7]
-local read = redis.call('XREADGROUP', 'GROUP', c.group, c.consumer, 'COUNT', ARGV[6],
+local prefix = ARGV[6]
+local read = redis.call('XREADGROUP', 'GROUP', c.group, c.consumer, 'COUNT', ARGV[7],
   'STREAMS', c.stream, '>')
 if not read then
   return {}
