@@ -166,8 +166,10 @@ class WhisperTranscriber:
     def _load(self, spec: ModelSpec) -> Any:
         from faster_whisper import WhisperModel
 
+        from .features import use_block_features
+
         try:
-            return WhisperModel(
+            model = WhisperModel(
                 spec.source,
                 device=self._settings.device,
                 compute_type=self._settings.compute_type,
@@ -177,6 +179,8 @@ class WhisperTranscriber:
             )
         except Exception as exc:
             raise EngineError(f"cannot load model {spec.name!r} from {spec.source}: {exc}") from exc
+        use_block_features(model)
+        return model
 
     def load(self, model: str) -> None:
         self._model(model)

@@ -98,3 +98,34 @@ def test_engine_knows_when_a_window_is_complete(settings: Settings) -> None:
             assert ends[-1] == following
         else:
             assert ends[-1] is not None and abs(ends[-1] - audio.duration) < 0.05
+
+
+def test_block_features_are_faster_whispers_bit_for_bit() -> None:
+    """The block-wise spectrogram equals faster-whisper's whole-file one exactly, at every
+    length around the block edges, and the engine installs it on the models it loads."""
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from runner.features import BLOCK_FRAMES, BlockFeatureExtractor
+
+    whole, blocks = FeatureExtractor(), BlockFeatureExtractor()
+    rng = np.random.default_rng(7)
+    edge = BLOCK_FRAMES * 160
+    lengths = [1, 399, 400, 401, 16_000, edge - 160, edge, edge + 1, 2 * edge + 321, 1_234_567]
+    waves = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in lengths]
+    waves.append(decode_audio(str(FIXTURES / "long.ogg")))
+    for wave in waves:
+        expected, got = whole(wave), blocks(wave)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected), len(wave)
+
+
+def test_engine_uses_block_features(settings: Settings) -> None:
+    from runner.features import BlockFeatureExtractor
+
+    transcriber = WhisperTranscriber(settings)
+    transcriber.load(transcriber.default_model)
+    model = transcriber._model(transcriber.default_model)
+    assert isinstance(model.feature_extractor, BlockFeatureExtractor)
+    assert model.feature_extractor.n_fft == 400 and model.feature_extractor.hop_length == 160
