@@ -211,7 +211,10 @@ def _existing_files(names: Sequence[str]) -> list[Path]:
 
 async def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from .engine import WhisperTranscriber
+    from .malloc import limit_malloc_arenas
     from .worker import Worker
+
+    limit_malloc_arenas()
 
     settings = settings.with_(
         concurrency=args.concurrency,
@@ -350,8 +353,10 @@ async def _cmd_result(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
     from .engine import WhisperTranscriber
+    from .malloc import limit_malloc_arenas
     from .worker import Worker
 
+    limit_malloc_arenas()
     files = _existing_files(args.files)
     concurrency = args.concurrency or min(len(files), settings.effective_concurrency)
     dirs = tuple(dict.fromkeys(p.resolve().parent for p in files))

@@ -88,3 +88,42 @@ def test_every_error_is_a_runner_error() -> None:
         obj = getattr(errors, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, errors.RunnerError), name
+
+
+_ARENAS = """
+import ctypes, sys, threading
+import numpy as np
+from runner.malloc import limit_malloc_arenas
+took = limit_malloc_arenas() if sys.argv[1] == "limit" else None
+barrier = threading.Barrier(8)
+def churn():
+    barrier.wait()
+    for _ in range(300):
+        blocks = [np.ones(5000) for _ in range(20)]
+        del blocks
+threads = [threading.Thread(target=churn) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(took, flush=True)
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def test_worker_caps_malloc_arenas_unless_told_otherwise() -> None:
+    """Eight threads allocating at once get their own arenas, unless the worker capped them;
+    MALLOC_ARENA_MAX in the environment is left to glibc."""
+    import os
+    import subprocess
+    import sys
+
+    def arenas(mode: str, **env: str) -> tuple[str, int]:
+        base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        out = subprocess.run(
+            [sys.executable, "-c", _ARENAS, mode], env={**base, **env},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return out.stdout.strip(), out.stderr.count("Arena ")
+
+    assert arenas("limit") == ("True", 2)
+    assert arenas("none")[1] > 2
+    assert arenas("limit", MALLOC_ARENA_MAX="3") == ("False", 3)
