@@ -632,6 +632,9 @@ class Worker:
     async def _committer(self) -> None:
         """Publish results in batches: all that finished meanwhile go in one round trip."""
         async for first in self._commit_receive:
+            # One pass of the event loop first: jobs whose engine calls returned together
+            # join this batch instead of waiting for the next round trip.
+            await anyio.lowlevel.checkpoint()
             batch = [first]
             while len(batch) < _COMMIT_BATCH:
                 try:
