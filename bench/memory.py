@@ -31,11 +31,42 @@ def peak_rss_mb(url: str, concurrency: int) -> float:
     prefix = f"{{mb-{uuid.uuid4().hex[:8]}}}"
     env = runner_env(url, prefix, RUNNER_AUDIO_ROOTS=str(FIXTURES), RUNNER_RATE_LIMIT="0",
                      RUNNER_CONCURRENCY=str(concurrency), RUNNER_CPU_THREADS="1")  # fmt: skip
-    files = [str(f) for f in sorted(FIXTURES.glob("*.*")) if f.suffix in (".wav", ".ogg")] * 4
-    subprocess.run([sys.executable, "-m", "runner", "submit", *files], env=env, cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "runner", "submit", *_samples()], env=env, cwd=ROOT,
                    check=True, capture_output=True)  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-c", _PEAK, sys.executable, "-m", "runner", "worker", "--burst"],
+        env=env, cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return int(out.stdout.strip()) / 1024
+
+
+_ALONE = """
+import resource, sys, threading
+from faster_whisper import WhisperModel
+from runner.engine import bundled_model_path
+n, files = int(sys.argv[1]), sys.argv[2:]
+model = WhisperModel(str(bundled_model_path()), device="cpu", compute_type="int8",
+                     cpu_threads=1, num_workers=n)
+def work(mine):
+    for path in mine:
+        segments, _ = model.transcribe(path, beam_size=5)
+        list(segments)
+threads = [threading.Thread(target=work, args=(files[i::n],)) for i in range(n)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _samples() -> list[str]:
+    return [str(f) for f in sorted(FIXTURES.glob("*.*")) if f.suffix in (".wav", ".ogg")] * 4
+
+
+def alone_peak_rss_mb(concurrency: int) -> float:
+    """faster-whisper alone on the same files, `concurrency` at a time: the engine's share."""
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # as the worker runs
+    out = subprocess.run(
+        [sys.executable, "-c", _ALONE, str(concurrency), *_samples()],
         env=env, cwd=ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip
     return int(out.stdout.strip()) / 1024
@@ -90,20 +121,28 @@ def redis_bytes(url: str) -> dict[str, float]:
 
 
 def run(repetitions: int = 3) -> dict[str, Any]:
-    one, four = [], []
+    one, four, alone_one, alone_four = [], [], [], []
     with redis_server() as server:
         for rep in range(repetitions):
             one.append(peak_rss_mb(server.url, 1))
             four.append(peak_rss_mb(server.url, 4))
-            print(f"  rep {rep + 1}: peak RSS c=1 {one[-1]:.0f} MB, c=4 {four[-1]:.0f} MB",
+            alone_one.append(alone_peak_rss_mb(1))
+            alone_four.append(alone_peak_rss_mb(4))
+            print(f"  rep {rep + 1}: peak RSS c=1 {one[-1]:.0f} MB, c=4 {four[-1]:.0f} MB; "
+                  f"faster-whisper alone {alone_one[-1]:.0f} MB, {alone_four[-1]:.0f} MB",
                   flush=True)  # fmt: skip
         stored = redis_bytes(server.url)
     return {
         "peak_rss_mb": {
             "concurrency_1": Spread.of(one).to_dict(),
             "concurrency_4": Spread.of(four).to_dict(),
+            "alone_1": Spread.of(alone_one).to_dict(),
+            "alone_4": Spread.of(alone_four).to_dict(),
         },
         "ratio": Spread.of([b / a for a, b in zip(one, four, strict=True)]).to_dict(),
+        "alone_ratio": Spread.of(
+            [b / a for a, b in zip(alone_one, alone_four, strict=True)]
+        ).to_dict(),
         "redis_bytes": stored,
         "cpu_count": os.cpu_count(),
         "targets": {"ratio": 1.5},
