@@ -25,6 +25,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from .attempt import Attempt, Executor
 from .audio import Audio
@@ -132,6 +133,9 @@ class Worker:
     def stop(self) -> None:
         """Stop reading; let running jobs finish within the grace, then hand them back."""
         self._stopping.set()
+        # Wakes the consumer if it waits for a free slot: a handoff starts now, not a read
+        # timeout later.
+        self._slot_freed.set()
 
     @property
     def stopping(self) -> bool:
@@ -282,6 +286,14 @@ class Worker:
                     log.warning("worker.redis_unavailable", error=str(exc) or type(exc).__name__)
                 await anyio.sleep(backoff(failures))
                 failures += 1
+                continue
+            except ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                # Redis came back empty (no persistence), or the stream was deleted by hand:
+                # recreate the group and read what producers add from now on.
+                log.error("worker.group_missing", stream=self.store.keys.stream)
+                await self._redis("create group", self.store.ensure_group)
                 continue
             if not entries:
                 # Burst: nothing new, nothing running, and the last reclaim pass found nothing.

@@ -223,6 +223,37 @@ async def test_redis_outage_is_survived(settings: Settings, tmp_path: Path) -> N
         server.stop()
 
 
+async def test_redis_restarted_empty_is_survived(settings: Settings, tmp_path: Path) -> None:
+    """Redis restarted without its data (no persistence): the stream and its group are gone.
+    The worker says so, recreates the group and runs what producers submit afterwards."""
+    from redis.asyncio import Redis
+
+    server = RedisServer(tmp_path / "empty", appendonly=False)
+    server.start()
+    try:
+        local = settings.with_(redis_url=server.url, concurrency=2, block_ms=200)
+        redis: RedisClient = Redis.from_url(server.url, protocol=2)
+        client = Client(redis, local)
+        worker = Worker(local, redis, FakeTranscriber(), burst=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            first = await client.submit(HELLO)
+            await until(lambda: _completed(worker, 1), within=30)
+            await anyio.to_thread.run_sync(server.stop)
+            await anyio.to_thread.run_sync(server.start)
+            assert await redis.exists(Keys(local.prefix).stream) == 0
+            later = [await client.submit(HELLO) for _ in range(3)]
+            await until(lambda: _completed(worker, 4), within=30)
+            worker.stop()
+        for job_id in later:
+            assert (await client.status(job_id)).state is JobState.COMPLETED
+        assert (await client.result(later[0])).text == "window 0"
+        assert first not in later
+        await redis.aclose()
+    finally:
+        server.stop()
+
+
 async def _completed(worker: Worker, n: int) -> bool:
     return worker.completed >= n
 
