@@ -41,19 +41,19 @@ def peak_rss_mb(url: str, concurrency: int) -> float:
 
 
 _ALONE = """
-import resource, sys, threading
+import resource, sys
+from concurrent.futures import ThreadPoolExecutor
 from faster_whisper import WhisperModel
 from runner.engine import bundled_model_path
 n, files = int(sys.argv[1]), sys.argv[2:]
 model = WhisperModel(str(bundled_model_path()), device="cpu", compute_type="int8",
                      cpu_threads=1, num_workers=n)
-def work(mine):
-    for path in mine:
-        segments, _ = model.transcribe(path, beam_size=5)
-        list(segments)
-threads = [threading.Thread(target=work, args=(files[i::n],)) for i in range(n)]
-[t.start() for t in threads]
-[t.join() for t in threads]
+def work(path):
+    segments, _ = model.transcribe(path, beam_size=5)
+    return list(segments)
+# A shared queue in submission order, as the worker takes jobs.
+with ThreadPoolExecutor(n) as pool:
+    list(pool.map(work, files))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
