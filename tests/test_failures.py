@@ -233,23 +233,25 @@ async def test_redis_restarted_empty_is_survived(settings: Settings, tmp_path: P
     try:
         local = settings.with_(redis_url=server.url, concurrency=2, block_ms=200)
         redis: RedisClient = Redis.from_url(server.url, protocol=2)
-        client = Client(redis, local)
-        worker = Worker(local, redis, FakeTranscriber(), burst=False)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.run)
-            first = await client.submit(HELLO)
-            await until(lambda: _completed(worker, 1), within=30)
-            await anyio.to_thread.run_sync(server.stop)
-            await anyio.to_thread.run_sync(server.start)
-            assert await redis.exists(Keys(local.prefix).stream) == 0
-            later = [await client.submit(HELLO) for _ in range(3)]
-            await until(lambda: _completed(worker, 4), within=30)
-            worker.stop()
-        for job_id in later:
-            assert (await client.status(job_id)).state is JobState.COMPLETED
-        assert (await client.result(later[0])).text == "window 0"
-        assert first not in later
-        await redis.aclose()
+        try:
+            client = Client(redis, local)
+            worker = Worker(local, redis, FakeTranscriber(), burst=False)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker.run)
+                await client.submit(HELLO)
+                await until(lambda: _completed(worker, 1), within=30)
+                await anyio.to_thread.run_sync(server.stop)
+                await anyio.to_thread.run_sync(server.start)
+                later = [await client.submit(HELLO) for _ in range(3)]
+                await until(lambda: _completed(worker, 4), within=30)
+                worker.stop()
+            for job_id in later:
+                assert (await client.status(job_id)).state is JobState.COMPLETED
+            assert (await client.result(later[0])).text == "window 0"
+            groups = await redis.xinfo_groups(Keys(local.prefix).stream)
+            assert [g["name"] for g in groups] == [GROUP.encode()]
+        finally:
+            await redis.aclose()
     finally:
         server.stop()
 
