@@ -58,15 +58,45 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+# The engine driven as the worker drives it, minus Redis and the event loop: the worker's
+# decoder and transcriber, each window a call in one shared pool of engine threads.
+_DRIVEN = """
+import resource, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from runner.attempt import _next_window
+from runner.audio import decode
+from runner.engine import EngineRequest, WhisperTranscriber
+from runner.malloc import limit_malloc_arenas
+from runner.settings import Settings
+limit_malloc_arenas()
+n, files = int(sys.argv[1]), sys.argv[2:]
+engine = WhisperTranscriber(Settings(cpu_threads=1, concurrency=n), num_workers=n)
+engine.load(engine.default_model)
+request = EngineRequest(model=engine.default_model)
+threads = ThreadPoolExecutor(n)
+def job(path):
+    audio = threads.submit(decode, Path(path), max_seconds=1e9).result()
+    started = threads.submit(engine.transcribe, audio, request).result()
+    while True:
+        steps = threads.submit(_next_window, started, audio.duration).result()
+        if steps and steps[-1][0] is None:
+            return
+with ThreadPoolExecutor(n) as jobs:
+    list(jobs.map(job, files))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
 def _samples() -> list[str]:
     return [str(f) for f in sorted(FIXTURES.glob("*.*")) if f.suffix in (".wav", ".ogg")] * 4
 
 
-def alone_peak_rss_mb(concurrency: int) -> float:
+def alone_peak_rss_mb(concurrency: int, script: str = _ALONE) -> float:
     """faster-whisper alone on the same files, `concurrency` at a time: the engine's share."""
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # as the worker runs
     out = subprocess.run(
-        [sys.executable, "-c", _ALONE, str(concurrency), *_samples()],
+        [sys.executable, "-c", script, str(concurrency), *_samples()],
         env=env, cwd=ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip
     return int(out.stdout.strip()) / 1024
@@ -121,15 +151,18 @@ def redis_bytes(url: str) -> dict[str, float]:
 
 
 def run(repetitions: int = 3) -> dict[str, Any]:
-    one, four, alone_one, alone_four = [], [], [], []
+    one, four, alone_one, alone_four, driven_one, driven_four = [], [], [], [], [], []
     with redis_server() as server:
         for rep in range(repetitions):
             one.append(peak_rss_mb(server.url, 1))
             four.append(peak_rss_mb(server.url, 4))
             alone_one.append(alone_peak_rss_mb(1))
             alone_four.append(alone_peak_rss_mb(4))
+            driven_one.append(alone_peak_rss_mb(1, _DRIVEN))
+            driven_four.append(alone_peak_rss_mb(4, _DRIVEN))
             print(f"  rep {rep + 1}: peak RSS c=1 {one[-1]:.0f} MB, c=4 {four[-1]:.0f} MB; "
-                  f"faster-whisper alone {alone_one[-1]:.0f} MB, {alone_four[-1]:.0f} MB",
+                  f"faster-whisper alone {alone_one[-1]:.0f} MB, {alone_four[-1]:.0f} MB; "
+                  f"driven as the worker {driven_one[-1]:.0f} MB, {driven_four[-1]:.0f} MB",
                   flush=True)  # fmt: skip
         stored = redis_bytes(server.url)
     return {
@@ -138,6 +171,8 @@ def run(repetitions: int = 3) -> dict[str, Any]:
             "concurrency_4": Spread.of(four).to_dict(),
             "alone_1": Spread.of(alone_one).to_dict(),
             "alone_4": Spread.of(alone_four).to_dict(),
+            "driven_1": Spread.of(driven_one).to_dict(),
+            "driven_4": Spread.of(driven_four).to_dict(),
         },
         "ratio": Spread.of([b / a for a, b in zip(one, four, strict=True)]).to_dict(),
         "alone_ratio": Spread.of(
