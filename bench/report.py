@@ -230,7 +230,9 @@ def memory_section(r: dict[str, Any]) -> list[str]:
         f"{_s(peak['driven_1'], 0, ' MB')} and {_s(peak['driven_4'], 0, ' MB')}: the worker "
         f"is {_vs(peak['concurrency_1'], peak['driven_1'])} that at concurrency 1 and "
         f"{_vs(peak['concurrency_4'], peak['driven_4'])} it at 4, Redis client, event loop "
-        "and all. Its lower start (the block-wise spectrogram) is what lifts its ratio above "
+        f"and all ({_vs(peak['concurrency_1'], peak['alone_1'])} faster-whisper alone at 1, "
+        f"{_vs(peak['concurrency_4'], peak['alone_4'])} it at 4). Its lower start (the "
+        "block-wise spectrogram) is what lifts its ratio above "
         "faster-whisper's; which jobs' peaks happen to coincide moves the figure at 4 by "
         "tens of MB from run to run (see the ranges). Most of the ratio is "
         "the engine's: each transcription in flight needs its own "
@@ -240,12 +242,12 @@ def memory_section(r: dict[str, Any]) -> list[str]:
         "alone is already above the 1.5x target here; the worker can only meet it by making "
         "the engine need less per transcription.",
         "",
-        "What was found the worker adding is gone: glibc gave each engine thread a malloc "
-        "arena of its own, and a job's engine calls hop between threads (the worker now caps "
-        "the arenas at two: 744 MB down to 582 MB at concurrency 4); and faster-whisper builds "
-        "a whole file's spectrogram at once, about 7 times the decoded audio (the worker "
-        "computes it 30 s at a time, the same features bit for bit: 423 MB of transient down "
-        "to 121 MB for a 10-minute file).",
+        "Two things the worker added on top of the engine are gone: glibc gave each engine "
+        "thread a malloc arena of its own, and a job's engine calls hop between threads (the "
+        "worker now caps the arenas at two: 744 MB down to 582 MB at concurrency 4); and "
+        "faster-whisper builds a whole file's spectrogram at once, about 7 times the decoded "
+        "audio (the worker computes it 30 s at a time, the same features bit for bit: 423 MB of"
+        " transient down to 121 MB for a 10-minute file).",
         "",
     ]
 

@@ -7,7 +7,7 @@ import pytest
 
 from bench.common import redis_server
 from bench.queue import _raw_throughput, _runner_latency, _runner_throughput
-from bench.report import queue_section
+from bench.report import memory_section, queue_section
 from bench.scale import reclaim_pass, submission_rate
 
 
@@ -35,6 +35,17 @@ def test_queue_and_scale_benchmarks_run() -> None:
     }  # fmt: skip
     text = "\n".join(queue_section(fake))
     assert "fastest peer (arq)" in text
+    peaks = ("concurrency_1", "concurrency_4", "alone_1", "alone_4", "driven_1", "driven_4")
+    memory = {
+        "when": "today",
+        "machine": fake["machine"],
+        "peak_rss_mb": dict.fromkeys(peaks, spread),
+        "ratio": spread,
+        "alone_ratio": spread,
+        "redis_bytes": {"per_queued_job": 1.0, "per_result_minute": 1.0},
+        "targets": {"ratio": 1.5},
+    }
+    assert "faster-whisper alone" in "\n".join(memory_section(memory))
 
 
 pytestmark = pytest.mark.slow
