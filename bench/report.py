@@ -140,17 +140,20 @@ def queue_section(r: dict[str, Any]) -> list[str]:
         "attempt count, fencing token, record and event) and committed by one script call per "
         "batch (token check, result, record, `XACK`, `XDEL`, event): two round trips per batch "
         "and none per job, and the guarantees (a crash loses nothing, a stale worker publishes "
-        "nothing) stay per job. One script per job (pipelined) before this gave 1,800 to "
-        "2,700 jobs/s here; reading inside the start script, one call per batch, keys derived "
-        "in Lua and a plain thread pool took the same drain to 4,400 to 4,900.",
-        "- What is left is spread over the event loop's per-job work, none of it above about "
-        "10 % of the profile: a task per job, the engine call in a worker thread (29 µs a call "
-        "with the pool against 60 µs with anyio's, measured; a real engine blocks for seconds, "
-        "so it stays in a thread), the hand-off to the committer, redis-py packing six "
-        "arguments per job for the commit (about 1.4 µs each), the JSON of the transcript and "
-        "of the event, and parsing and validating the fields. redis-py parses replies with "
-        "hiredis (installed with the runner); its pure-Python parser is about 15 % slower here.",
-        "- At 0.6x the raw loop a job would have about 130 µs of the worker's time; the thread "
+        "nothing) stay per job. One script per job (pipelined), as the runner did before, gave "
+        "1,800 to 2,700 jobs/s here; reading inside the start script, one call per batch, "
+        "keys derived in Lua and engine threads that hand results back in batches brought it "
+        "to the figure above.",
+        "- What is left is spread over the event loop's per-job work, none of it above about 10"
+        " % of the profile: a task per job, the engine call in a worker thread (a real engine "
+        "blocks for seconds, so it stays in a thread; anyio's thread hop cost 60 µs a call "
+        "here, the worker's own pool less than half that), the hand-off to the committer, "
+        "redis-py packing six arguments per job for the commit (about 1.4 µs each), the JSON of"
+        " the transcript and of the event, and parsing and validating the fields. redis-py "
+        "parses replies with hiredis (installed with the runner); its pure-Python parser is "
+        "about 15 % slower here.",
+        f"- At {t['vs_raw']}x the raw loop a job would have about "
+        f"{1e6 / (t['vs_raw'] * raw):.0f} µs of the worker's time; the thread "
         "hop, the task and the two JSON documents alone take most of that in CPython. Getting "
         "there would mean giving up the engine thread, which a real engine needs, or the "
         "per-job checks.",
