@@ -41,7 +41,7 @@ def peak_rss_mb(url: str, concurrency: int) -> float:
 
 
 _ALONE = """
-import resource, sys
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from faster_whisper import WhisperModel
 from runner.engine import bundled_model_path
@@ -54,14 +54,13 @@ def work(path):
 # A shared queue in submission order, as the worker takes jobs.
 with ThreadPoolExecutor(n) as pool:
     list(pool.map(work, files))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
 # The engine driven as the worker drives it, minus Redis and the event loop: the worker's
 # decoder and transcriber, each window a call in one shared pool of engine threads.
 _DRIVEN = """
-import resource, sys
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from runner.attempt import _next_window
@@ -84,7 +83,6 @@ def job(path):
             return
 with ThreadPoolExecutor(n) as jobs:
     list(jobs.map(job, files))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
@@ -95,10 +93,12 @@ def _samples() -> list[str]:
 def alone_peak_rss_mb(concurrency: int, script: str = _ALONE) -> float:
     """faster-whisper alone on the same files, `concurrency` at a time: the engine's share."""
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # as the worker runs
+    # Through the same small parent as the worker: a process started from this one (large by
+    # now, if the benchmarks before loaded a model) would report this one's peak as its own.
+    command = [sys.executable, "-c", _PEAK, sys.executable, "-c", script, str(concurrency)]
     out = subprocess.run(
-        [sys.executable, "-c", script, str(concurrency), *_samples()],
-        env=env, cwd=ROOT, check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [*command, *_samples()], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    )
     return int(out.stdout.strip()) / 1024
 
 
