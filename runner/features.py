@@ -39,9 +39,6 @@ class BlockFeatureExtractor(FeatureExtractor):  # type: ignore[misc]
         n_fft, hop = self.n_fft, self.hop_length
         # As the whole-file STFT does: centred frames over a reflect-padded signal.
         signal = np.pad(waveform, (n_fft // 2, n_fft // 2), mode="reflect")
-        if len(signal) < n_fft:
-            # Too short to frame: let faster-whisper raise its own error.
-            return np.asarray(super().__call__(waveform, padding=0))
         window = np.hanning(n_fft + 1)[:-1].astype("float32")
         frames = np.lib.stride_tricks.sliding_window_view(signal, n_fft)[::hop]
         # The whole-file version drops the last frame.

@@ -6,12 +6,8 @@
 --       then per job: entry, job_id, digest, fields_json
 -- Returns one begin_attempt reply per job.
 local c = batch_context()
-local prefix = ARGV[6]
 local replies = {}
 for a = 7, #ARGV, 4 do
-  local job_id = ARGV[a + 1]
-  local ckpt = prefix .. ':ckpt:' .. job_id
-  replies[#replies + 1] = begin_attempt(c, prefix .. ':job:' .. job_id, ckpt,
-    ckpt .. ':segments', ARGV[a], job_id, ARGV[a + 2], ARGV[a + 3], nil)
+  replies[#replies + 1] = begin_attempt(c, ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], nil)
 end
 return replies

@@ -10,7 +10,7 @@ local group, ttl, maxlen, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local t = now()
 
 local function commit_one(fence, entry, job_id, worker, result_json, event_data)
-  local job = prefix .. ':job:' .. job_id
+  local job = job_key(prefix, 'job', job_id)
   local h = redis.call('HMGET', job, 'fence', 'state')
   if h[1] ~= fence then
     return 0
@@ -18,14 +18,14 @@ local function commit_one(fence, entry, job_id, worker, result_json, event_data)
   if h[2] == 'completed' then
     return 1  -- a retried call after a lost reply: already done
   end
-  redis.call('SET', prefix .. ':result:' .. job_id, result_json, 'EX', ttl)
+  redis.call('SET', job_key(prefix, 'result', job_id), result_json, 'EX', ttl)
   redis.call('HSET', job, 'state', 'completed', 'finished_at', t)
   redis.call('HDEL', job, 'error', 'reason')
   redis.call('EXPIRE', job, ttl)
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
-  local ckpt = prefix .. ':ckpt:' .. job_id
-  redis.call('DEL', ckpt, ckpt .. ':segments', prefix .. ':audio:' .. job_id)
+  local ckpt = job_key(prefix, 'ckpt', job_id)
+  redis.call('DEL', ckpt, ckpt .. ':segments', job_key(prefix, 'audio', job_id))
   redis.call('HDEL', index, entry)
   redis.call('HINCRBY', counts, 'completed', 1)
   emit(events, maxlen, 'job.completed', t, job_id, worker, event_data)

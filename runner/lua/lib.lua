@@ -23,10 +23,16 @@ local function is_terminal(state)
   return state == 'completed' or state == 'failed' or state == 'dead' or state == 'cancelled'
 end
 
+-- A job's key, named as runner/keys.py names it: <prefix>:<kind>:<job_id> (kind: job, result,
+-- ckpt, audio). Every key of a deployment shares the prefix's hash slot.
+local function job_key(prefix, kind, job_id)
+  return prefix .. ':' .. kind .. ':' .. job_id
+end
+
 -- Start an attempt at one job whose entry this consumer was given: check it still holds the
 -- entry, take a new fencing token. Shared by begin (entries already read) and take (read and
 -- begin in one call). c holds what a batch shares: stream, events, dead, index, counts,
--- consumer, group, maxlen, max_attempts, ttl, t (server time). deliveries: known when the
+-- consumer, group, maxlen, max_attempts, ttl, prefix, t (server time). deliveries: known when the
 -- entry was just read with '>' (1), else nil: looked up with the owner.
 -- Attempts count every start; a handed-back attempt is refunded by the release script.
 -- Returns:
@@ -36,9 +42,9 @@ end
 --   {'duplicate', state}      same job submitted again; the entry was acked
 --   {'conflict', state}       the job id is taken by a different job
 --   {'dead', attempts}        out of attempts: moved to the dead letters and acked
-local function begin_attempt(c, job, ckpt, ckpt_segments, entry, job_id, job_digest, fields,
-                             deliveries)
+local function begin_attempt(c, entry, job_id, job_digest, fields, deliveries)
   local stream, events, maxlen, t = c.stream, c.events, c.maxlen, c.t
+  local job, ckpt = job_key(c.prefix, 'job', job_id), job_key(c.prefix, 'ckpt', job_id)
   if deliveries == nil then
     local owner
     owner, deliveries = pending_owner(stream, c.group, entry)
@@ -94,7 +100,7 @@ local function begin_attempt(c, job, ckpt, ckpt_segments, entry, job_id, job_dig
     redis.call('XACK', stream, c.group, entry)
     redis.call('XDEL', stream, entry)
     redis.call('HDEL', c.index, entry)
-    redis.call('DEL', ckpt, ckpt_segments)
+    redis.call('DEL', ckpt, ckpt .. ':segments')
     redis.call('HINCRBY', c.counts, 'dead', 1)
     emit(events, maxlen, 'job.dead', t, job_id, c.consumer,
       cjson.encode({reason = 'max_deliveries', error = reason, attempts = attempts}))
@@ -111,9 +117,9 @@ local function begin_attempt(c, job, ckpt, ckpt_segments, entry, job_id, job_dig
   return {'ok', fence, attempts, deliveries, redis.call('EXISTS', ckpt)}
 end
 
--- What a batch of attempts shares, from KEYS[1..5] and ARGV[1..5] (see begin_attempt).
+-- What a batch of attempts shares, from KEYS[1..5] and ARGV[1..6] (see begin_attempt).
 local function batch_context()
   return {stream = KEYS[1], events = KEYS[2], dead = KEYS[3], index = KEYS[4],
     counts = KEYS[5], consumer = ARGV[1], group = ARGV[2], maxlen = ARGV[3],
-    max_attempts = tonumber(ARGV[4]), ttl = tonumber(ARGV[5]), t = now()}
+    max_attempts = tonumber(ARGV[4]), ttl = tonumber(ARGV[5]), prefix = ARGV[6], t = now()}
 end

@@ -7,7 +7,6 @@
 -- ARGV: consumer, group, events_maxlen, max_attempts, ttl, prefix, count
 -- Returns {entry, {field, value, ...}, begin_attempt reply or {'new'}} per entry read.
 local c = batch_context()
-local prefix = ARGV[6]
 local read = redis.call('XREADGROUP', 'GROUP', c.group, c.consumer, 'COUNT', ARGV[7],
   'STREAMS', c.stream, '>')
 if not read then
@@ -24,12 +23,8 @@ for _, e in ipairs(read[1][2]) do
       break
     end
   end
-  if job_id then
-    local job = prefix .. ':job:' .. job_id
-    if redis.call('HGET', job, 'entry') == entry then
-      local ckpt = prefix .. ':ckpt:' .. job_id
-      reply = begin_attempt(c, job, ckpt, ckpt .. ':segments', entry, job_id, '', '', 1)
-    end
+  if job_id and redis.call('HGET', job_key(c.prefix, 'job', job_id), 'entry') == entry then
+    reply = begin_attempt(c, entry, job_id, '', '', 1)
   end
   replies[#replies + 1] = {entry, f, reply}
 end
