@@ -3,7 +3,8 @@
 All keys start with the prefix (default ``{runner}``). The braces make the prefix a Redis Cluster
 hash tag, so every key of a deployment lives in one slot and Lua scripts may touch several.
 The batch scripts (take, begin, commit) build a job's key names from the prefix themselves:
-a change to a job's key names here must be made in runner/lua too (tests cover each name).
+a change to a job's key names here must be made in job_key (runner/lua/lib.lua) too;
+tests cover each name.
 """
 
 from __future__ import annotations
