@@ -424,12 +424,12 @@ async def _cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "retry":
             if args.all == bool(args.refs):
                 raise ConfigError("give dead letter ids or job ids, or --all")
-            ids = (
-                await letters.retry_all()
-                if args.all
-                else [await letters.retry(r) for r in args.refs]
-            )
+            if args.all:
+                ids, kept = await letters.retry_all()
+            else:
+                ids, kept = [await letters.retry(r) for r in args.refs], []
             _print("".join(f"retried {job_id}\n" for job_id in ids))
+            _print("".join(f"kept {letter_id}: {why}\n" for letter_id, why in kept))
             return 0
         removed = await letters.purge(args.refs)
         _print(f"purged {removed}\n")

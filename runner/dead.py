@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,7 @@ class DeadLetters:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._retry = load_script(store.redis, "retry")
+        self._purge = load_script(store.redis, "purge")
 
     async def entries(self, count: int = 100) -> list[DeadLetter]:
         """The oldest `count` dead letters."""
@@ -131,30 +132,56 @@ class DeadLetters:
                 *flat,
             ],
         )
-        if reply == 0:
-            raise JobNotFound(ref)
-        if reply == -1:
-            raise InvalidJob(
-                "job_id_conflict", f"job {letter.job_id} is queued or running again; not retried"
-            )
+        if isinstance(reply, int) and reply <= 0:
+            if reply == 0:
+                raise JobNotFound(ref)
+            raise InvalidJob(*_REFUSALS[reply](letter))
         return letter.job_id
 
-    async def retry_all(self) -> list[str]:
-        retried = []
-        while letters := await self.entries(100):
-            for letter in letters:
+    async def retry_all(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """Retry every dead letter that can be; returns the job ids retried and, for the
+        letters left in place, (letter id, why)."""
+        retried: list[str] = []
+        kept: list[tuple[str, str]] = []
+        after = "-"
+        while entries := await self.store.redis.xrange(self.store.keys.dead, min=after, count=100):
+            for entry_id, raw in entries:
+                letter = DeadLetter.from_entry(entry_id, raw)
                 try:
                     retried.append(await self.retry(letter.id))
-                except InvalidJob:
-                    await self.store.redis.xdel(self.store.keys.dead, letter.id)
-        return retried
+                except InvalidJob as exc:
+                    kept.append((letter.id, exc.message))
+            after = "(" + DeadLetter.from_entry(*entries[-1]).id
+        return retried, kept
 
     async def purge(self, refs: Sequence[str] = ()) -> int:
-        """Delete some dead letters (by id or job id), or all of them."""
+        """Delete some dead letters (by id or job id), or all of them, with the uploaded audio
+        of their jobs (unless a job was retried and is live again)."""
         keys = self.store.keys
-        if not refs:
-            count = await self.count()
-            await self.store.redis.delete(keys.dead)
-            return count
-        ids = [(await self.find(ref)).id for ref in refs]
-        return int(await self.store.redis.xdel(keys.dead, *ids))
+        if refs:
+            ids = [(await self.find(ref)).id for ref in refs]
+            return int(await self._purge(keys=[keys.dead], args=[keys.prefix, *ids]))
+        removed = 0
+        while entries := await self.store.redis.xrange(keys.dead, count=100):
+            ids = [DeadLetter.from_entry(i, f).id for i, f in entries]
+            removed += int(await self._purge(keys=[keys.dead], args=[keys.prefix, *ids]))
+        return removed
+
+
+# Why retry.lua refused a dead letter, by its reply code: (reason, message).
+_REFUSALS: dict[int, Callable[[DeadLetter], tuple[str, str]]] = {
+    -1: lambda d: ("job_live", f"job {d.job_id} is queued or running again; not retried"),
+    -2: lambda d: (
+        "job_completed",
+        f"job {d.job_id} completed; its result stands and this dead letter was not retried",
+    ),
+    -3: lambda d: (
+        "job_id_conflict",
+        f"this dead letter is not job {d.job_id}'s own (its id belongs to another submission); "
+        "resubmit its fields under a new job id",
+    ),
+    -4: lambda d: (
+        "truncated",
+        "this dead letter's fields were too many or too large to keep whole; resubmit the job",
+    ),
+}

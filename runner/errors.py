@@ -16,6 +16,8 @@ RunnerError
 
 The class decides what happens to a job: `JobError` fails it at once, `TransientError` retries,
 `EngineError` releases it and counts against the circuit breaker, `LeaseLost` drops it quietly.
+Anything else that escapes a job is an error of the runner's own: logged with its traceback, the
+job handed back with the attempt charged, and dead-lettered as `internal` past the attempt limit.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ __all__ = [
     "RateLimited",
     "RunnerError",
     "TransientError",
-    "classify",
 ]
 
 
@@ -45,6 +46,8 @@ class ErrorClass(StrEnum):
     JOB = "job"
     TRANSIENT = "transient"
     ENGINE = "engine"
+    #: An error of the runner's own (a bug): retried, then dead-lettered past the attempt limit.
+    INTERNAL = "internal"
 
 
 class RunnerError(Exception):
@@ -120,21 +123,3 @@ class RateLimited(RunnerError):
         )
         self.client_id = client_id
         self.retry_after = retry_after
-
-
-def classify(exc: BaseException) -> ErrorClass:
-    """Sort any exception into job, transient or engine fault.
-
-    Redis connection errors and timeouts are transient; our own `JobError`s are the job's;
-    everything else raised while running the engine is the engine's. Unknown exceptions default
-    to ENGINE on purpose: blaming the job for a bug of ours would dead-letter good work.
-    """
-    # Imported here so that this module stays importable without redis for docs tooling.
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    if isinstance(exc, JobError):
-        return ErrorClass.JOB
-    if isinstance(exc, TransientError | RedisConnectionError | RedisTimeoutError | TimeoutError):
-        return ErrorClass.TRANSIENT
-    return ErrorClass.ENGINE

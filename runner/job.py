@@ -14,6 +14,7 @@ __all__ = [
     "KNOWN_FIELDS",
     "LANGUAGES",
     "MAX_BEAM_SIZE",
+    "MAX_FIELDS",
     "MAX_FIELD_BYTES",
     "MAX_PROMPT_CHARS",
     "Job",
@@ -25,6 +26,8 @@ __all__ = [
 
 #: Any one field value larger than this is refused (a job is a description, not a payload).
 MAX_FIELD_BYTES = 64 * 1024
+#: Fields per entry at most: the known ones and room for a producer's own notes.
+MAX_FIELDS = 32
 #: Whisper only ever reads the last 223 prompt tokens; a longer prompt is a mistake.
 MAX_PROMPT_CHARS = 2_000
 #: Beam sizes past this only burn time: faster-whisper's default is 5.
@@ -174,6 +177,10 @@ class Job:
     @classmethod
     def from_fields(cls, raw: Mapping[bytes, bytes] | Mapping[str, str], entry_id: str) -> Job:
         """Parse and validate a stream entry's fields. Raises `InvalidJob` with a precise reason."""
+        if len(raw) > MAX_FIELDS:
+            raise InvalidJob(
+                "too_many_fields", f"the entry has {len(raw)} fields; the limit is {MAX_FIELDS}"
+            )
         fields = _decode(raw)
         job_id = fields.get("job_id") or entry_id
         if not _ID_RE.fullmatch(job_id):
@@ -188,6 +195,8 @@ class Job:
                 return None
             if not value.strip():
                 raise InvalidJob("invalid_field", f"{name} is empty")
+            if "\0" in value:
+                raise InvalidJob("invalid_field", f"{name} holds a NUL character")
             return value
 
         language = text("language")

@@ -1,10 +1,12 @@
 """Every Redis key the runner uses, in one place.
 
-All keys start with the prefix (default ``{runner}``). The braces make the prefix a Redis Cluster
-hash tag, so every key of a deployment lives in one slot and Lua scripts may touch several.
-The batch scripts (take, begin, commit) build a job's key names from the prefix themselves:
-a change to a job's key names here must be made in job_key (runner/lua/lib.lua) too;
-tests cover each name.
+All keys start with the prefix (default ``{runner}``). A job's keys are
+``<prefix>:<kind>:<job_id>``: the kind comes first and holds no colon, so the keys of two jobs
+can never be the same name, whatever characters their ids hold. The braces make the prefix a
+Redis Cluster hash tag, so every key of a deployment lives in one slot and Lua scripts may
+touch several. The batch scripts (take, begin, commit, fail) build a job's key names from the
+prefix themselves: a change to a job's key names here must be made in job_key
+(runner/lua/lib.lua) too; tests cover each name.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class Keys:
 
     def checkpoint_segments(self, job_id: str) -> str:
         """A running job's committed segments (a list of JSON documents)."""
-        return f"{self.prefix}:ckpt:{job_id}:segments"
+        return f"{self.prefix}:segs:{job_id}"
 
     def audio(self, job_id: str) -> str:
         """Audio bytes uploaded by a producer without shared storage; deleted with the job."""

@@ -12,29 +12,53 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
-from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import TransientError
 from .logs import get_logger
 
-__all__ = ["TRANSIENT", "backoff", "retrying"]
+__all__ = ["TRANSIENT", "backoff", "is_transient", "retrying"]
 
 T = TypeVar("T")
 
 log = get_logger("runner.retry")
 
-#: Exceptions worth retrying: the server is unreachable, slow, restarting or failing over.
+#: Exceptions worth retrying: the server is unreachable, slow, restarting, failing over or out
+#: of memory for now.
 TRANSIENT: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     BusyLoadingError,
     ReadOnlyError,
+    OutOfMemoryError,
     TransientError,
     ConnectionError,
     TimeoutError,
 )
+
+# Error replies that redis-py raises as a plain ResponseError but that say "not now": a script
+# running too long (BUSY), a replica or cluster in transition, and KEYTYPE, the scripts' refusal
+# to write while a deployment-wide key holds another type (an operator must remove it).
+_TRANSIENT_REPLIES = (
+    "BUSY",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "KEYTYPE",
+    "OOM",
+    "LOADING",
+    "READONLY",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` may go away by itself: worth retrying, never the job's fault."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
 
 
 def backoff(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
@@ -60,7 +84,9 @@ async def retrying(
     while True:
         try:
             return await op()
-        except TRANSIENT as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             wait = backoff(attempt, base=base, cap=cap)
             if deadline is not None and anyio.current_time() + wait > deadline:
                 raise TransientError(f"{what}: gave up after {attempt + 1} tries: {exc}") from exc

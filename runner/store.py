@@ -7,6 +7,7 @@ check + result + status + XACK + XDEL), and failure.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,11 +17,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from .checkpoint import Checkpoint, Progress
-from .errors import ErrorClass, JobNotFound, RateLimited
-from .job import Job, JobState
+from .errors import AudioError, ConfigError, ErrorClass, JobNotFound, RateLimited
+from .job import MAX_FIELD_BYTES, MAX_FIELDS, Job, JobState
 from .keys import GROUP, Keys
 from .settings import Settings
 from .transcript import Transcript
@@ -60,9 +61,23 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def decode_fields(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    """Stream fields as text, undecodable bytes replaced (for records and logs, not validation)."""
-    return {k.decode(errors="replace"): v.decode(errors="replace")[:4096] for k, v in raw.items()}
+def decode_fields(raw: Mapping[bytes, bytes]) -> tuple[dict[str, str], bool]:
+    """Stream fields as text for records and dead letters (validation is `Job.from_fields`).
+
+    Undecodable bytes are replaced. Values are kept whole up to the wire's own limits (so a
+    dead letter can be retried as it came); past them, at most `MAX_FIELDS` fields are kept and
+    a larger value is replaced by a note. The flag says whether anything was left out.
+    """
+    fields: dict[str, str] = {}
+    truncated = len(raw) > MAX_FIELDS
+    for k, v in itertools.islice(raw.items(), MAX_FIELDS):
+        name = k.decode(errors="replace")[:200]
+        if len(v) > MAX_FIELD_BYTES:
+            fields[name] = f"<{len(v)} bytes, not kept>"
+            truncated = True
+        else:
+            fields[name] = v.decode(errors="replace")
+    return fields, truncated
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +98,10 @@ class BeginOutcome(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     DEAD = "dead"
+    #: The job could not start and was dead-lettered (`state` holds the reason, `error` why).
+    FAILED = "failed"
+    #: Starting it raised inside the script (`error` says what): an error of the runner's own.
+    ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +115,7 @@ class Begin:
     state: str = ""
     #: Whether a checkpoint exists to resume from.
     checkpoint: bool = False
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +137,10 @@ def _begin_reply(reply: Any) -> Begin:
         )
     if outcome is BeginOutcome.DEAD:
         return Begin(outcome, attempts=int(reply[1]))
+    if outcome is BeginOutcome.FAILED:
+        return Begin(outcome, state=_s(reply[1]), error=_s(reply[2]))
+    if outcome is BeginOutcome.ERROR:
+        return Begin(outcome, error=_s(reply[1]))
     return Begin(outcome, state=_s(reply[1]) if len(reply) > 1 else "")
 
 
@@ -237,6 +261,7 @@ class Store:
         self._prune = load_script(redis, "prune")
         self._event = load_script(redis, "event")
         self._cancel = load_script(redis, "cancel")
+        self._defer = load_script(redis, "defer")
 
     async def ensure_group(self) -> None:
         """Create the consumer group if missing, from id 0 so earlier entries are read too."""
@@ -246,53 +271,59 @@ class Store:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def enqueue_many(self, jobs: Sequence[tuple[Job, bytes]]) -> list[Enqueued]:
-        """Add jobs unless their ids exist, in one round trip (each job its own script); each
-        job's bytes, if any, go under its audio key.
+    async def load_submission_script(self) -> None:
+        """Load the submission script into Redis's cache, so that producers allowed only to run
+        it (EVALSHA, not SCRIPT LOAD) can submit; a restarted Redis forgets it."""
+        await self.redis.script_load(self._enqueue.script)
 
-        Resubmitting an existing id is never counted against the rate limit. The first job
-        over its client's limit (`client_id`, else `anonymous`) raises `RateLimited`; the jobs
-        before it are queued.
+    async def enqueue_many(self, jobs: Sequence[tuple[Job, bytes]]) -> list[Enqueued]:
+        """Add jobs unless their ids exist, in one script call; each job's bytes, if any, go
+        under its audio key.
+
+        Resubmitting an existing id is never counted against the rate limit. When any client
+        (`client_id`, else `anonymous`) would pass its limit, `RateLimited` is raised and none
+        of the call's jobs is queued.
         """
+        if not jobs:
+            return []
         limit, window = self.settings.rate
-        digests = [job.digest() for job, _ in jobs]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (job, audio), digest in zip(jobs, digests, strict=True):
-                fields = job.to_fields()
-                flat = [part for pair in fields.items() for part in pair]
-                await self._enqueue(
-                    keys=[
-                        self.keys.job(job.job_id),
-                        self.keys.stream,
-                        self.keys.events,
-                        self.keys.audio(job.job_id),
-                        self.keys.entries,
-                        self.keys.rate(job.client_id or ANONYMOUS),
-                        self.keys.counts,
-                    ],
-                    args=[
-                        job.job_id,
-                        digest,
-                        self.settings.events_maxlen,
-                        json.dumps(fields, ensure_ascii=False),
-                        audio,
-                        limit,
-                        int(window * 1000),
-                        *flat,
-                    ],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+        k = self.keys
+        keys = [k.stream, k.events, k.entries, k.counts]
+        args: list[Any] = [self.settings.events_maxlen, limit, int(window * 1000)]
+        digests = []
+        for job, audio in jobs:
+            digest = job.digest()
+            digests.append(digest)
+            fields = job.to_fields()
+            keys += [k.job(job.job_id), k.audio(job.job_id), k.rate(job.client_id or ANONYMOUS)]
+            args += [
+                job.job_id,
+                digest,
+                json.dumps(fields, ensure_ascii=False),
+                audio,
+                len(fields),
+                *(part for pair in fields.items() for part in pair),
+            ]
+        try:
+            replies = await self._enqueue(keys=keys, args=args)
+        except NoPermissionError as exc:
+            if "script" not in str(exc).lower():
+                raise
+            raise ConfigError(
+                "this Redis user may not load the submission script; a running worker loads it "
+                f"(or grant SCRIPT LOAD): {exc}"
+            ) from exc
+        if replies and int(replies[0][0]) == -1:
+            job = jobs[int(replies[0][2]) - 1][0]
+            raise RateLimited(job.client_id or ANONYMOUS, int(replies[0][1]) / 1000)
         out = []
         for (job, _), digest, reply in zip(jobs, digests, replies, strict=True):
-            code = int(reply[0])
-            if code == -1:
-                raise RateLimited(job.client_id or ANONYMOUS, int(reply[1]) / 1000)
+            created = int(reply[0]) == 1
             out.append(
                 Enqueued(
                     job_id=job.job_id,
-                    created=code == 1,
-                    state=JobState.QUEUED if code == 1 else JobState(_s(reply[1])),
+                    created=created,
+                    state=JobState.QUEUED if created else JobState(_s(reply[1])),
                     same=_s(reply[2]) == digest,
                 )
             )
@@ -404,42 +435,31 @@ class Store:
         record: bool = True,
         dead_letter: bool = True,
         error_class: ErrorClass = ErrorClass.JOB,
+        deliveries: int | None = None,
+        truncated: bool = False,
     ) -> bool:
         """End a job without a result and acknowledge its entry (fenced when `fence` is given).
 
         `record=False` leaves the job's record alone (the id belongs to another job);
-        `dead_letter` also files the entry in the dead-letter stream.
+        `dead_letter` also files the entry in the dead-letter stream; `truncated` marks a
+        letter whose fields were not all kept (it cannot be retried as it is).
         """
-        ok = await self._fail(
-            keys=[
-                self.keys.job(job_id),
-                self.keys.stream,
-                self.keys.events,
-                self.keys.checkpoint(job_id),
-                self.keys.checkpoint_segments(job_id),
-                self.keys.audio(job_id),
-                self.keys.entries,
-                self.keys.dead,
-                self.keys.counts,
-            ],
-            args=[
-                "" if fence is None else fence,
-                entry_id,
-                GROUP,
-                state.value,
-                reason,
-                error,
-                self.settings.result_ttl,
-                job_id,
-                worker,
-                self.settings.events_maxlen,
-                json.dumps(dict(fields), ensure_ascii=False),
-                1 if record else 0,
-                1 if dead_letter else 0,
-                error_class.value,
-            ],
-        )
-        return bool(ok)
+        args = self._batch_args(worker)
+        args += [
+            "" if fence is None else fence,
+            entry_id,
+            job_id,
+            state.value,
+            reason,
+            error,
+            error_class.value,
+            json.dumps(dict(fields), ensure_ascii=False),
+            1 if record else 0,
+            1 if dead_letter else 0,
+            "" if deliveries is None else deliveries,
+            1 if truncated else 0,
+        ]
+        return bool(await self._fail(keys=self._batch_keys(), args=args))
 
     async def renew(self, consumer: str, leases: Sequence[tuple[str, str, int]]) -> list[Lease]:
         """Renew (job_id, entry_id, fence) leases, saying for each whether it is still ours."""
@@ -549,9 +569,11 @@ class Store:
         charge: bool,
         reason: str,
         error: str = "",
+        delay: float = 0.0,
     ) -> bool:
-        """Hand a job back for any worker to take at once; `charge=False` refunds the attempt."""
-        idle_ms = int(self.settings.lease_seconds * 1000) + 1
+        """Hand a job back for any worker to take, at once or after `delay` seconds;
+        `charge=False` refunds the attempt."""
+        idle_ms = max(0, int((self.settings.lease_seconds - delay) * 1000) + 1)
         reply = await self._release(
             keys=[self.keys.job(job_id), self.keys.stream, self.keys.events],
             args=[
@@ -568,6 +590,40 @@ class Store:
             ],
         )
         return bool(reply)
+
+    async def defer(self, consumer: str, entry_id: str, delay: float) -> bool:
+        """Leave an entry this consumer could not start for a reclaim to take after `delay`
+        seconds (counting a delivery then); False when it is not ours."""
+        idle_ms = max(0, int((self.settings.lease_seconds - delay) * 1000) + 1)
+        reply = await self._defer(
+            keys=[self.keys.stream], args=[GROUP, consumer, entry_id, idle_ms]
+        )
+        return bool(reply)
+
+    async def deliveries(self, entry_id: str) -> int:
+        """How many times a pending entry was delivered (0: not pending)."""
+        pending = await self.redis.xpending_range(
+            self.keys.stream, GROUP, min=entry_id, max=entry_id, count=1
+        )
+        return int(pending[0]["times_delivered"]) if pending else 0
+
+    async def read_upload(self, job_id: str, cap: int) -> bytes:
+        """A job's uploaded audio, read in one bounded command: at most `cap` + 1 bytes, so a
+        larger upload is seen as too large without being read whole. Raises `AudioError`."""
+        key = self.keys.audio(job_id)
+        try:
+            data = bytes(await self.redis.getrange(key, 0, cap))
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise AudioError(
+                "invalid_key", f"audio_key={key!r} does not hold audio bytes"
+            ) from None
+        if not data:
+            raise AudioError("missing_key", f"audio_key={key!r} holds no audio (missing or empty)")
+        if len(data) > cap:
+            raise AudioError("too_large", f"audio_key={key!r} holds more than {cap} bytes")
+        return data
 
     async def cancel(self, job_id: str) -> tuple[str, str]:
         """Cancel a job. Returns (outcome, state): `cancelled` with the state it had, or
@@ -620,18 +676,23 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.job(job_id))
             pipe.hgetall(self.keys.checkpoint(job_id))
-            raw, checkpoint = await pipe.execute()
-        if not raw:
+            raw, checkpoint = await pipe.execute(raise_on_error=False)
+        # A key of another type at the record's name is no job of ours.
+        if not raw or isinstance(raw, ResponseError):
             raise JobNotFound(job_id)
+        if isinstance(checkpoint, ResponseError):
+            checkpoint = None
         return JobStatus.from_hash(job_id, raw, checkpoint)
 
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(self.keys.job(job_id))
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         return {
-            job_id: JobStatus.from_hash(job_id, raw) if raw else None
+            job_id: JobStatus.from_hash(job_id, raw)
+            if raw and not isinstance(raw, ResponseError)
+            else None
             for job_id, raw in zip(job_ids, replies, strict=True)
         }
 

@@ -34,10 +34,10 @@ from .checkpoint import Stage
 from .engine import Transcriber
 from .errors import EngineError, ErrorClass, InvalidJob, JobError, LeaseLost, TransientError
 from .http import Response, serve
-from .job import Job, valid_id
+from .job import Job, JobState, valid_id
 from .logs import get_logger
 from .metrics import BREAKER_VALUES, CONTENT_TYPE, Metrics
-from .retry import TRANSIENT, backoff, retrying
+from .retry import TRANSIENT, backoff, is_transient, retrying
 from .settings import Settings
 from .stats import forget_worker, host_identity, liveness_ttl, publish_liveness, queue_depth
 from .store import Begin, BeginOutcome, Commit, Lease, Store, Taken, decode_fields
@@ -65,6 +65,14 @@ class _Prepared:
     job: Job | InvalidJob
     digest: str
     begin: Begin | None = None
+    #: Whether `fields` leaves out some of the entry (too many or too large to keep).
+    truncated: bool = False
+    #: The attempt, once one started on this worker.
+    attempt: Attempt | None = None
+
+
+class _BeginFailed(Exception):
+    """Starting an attempt raised inside the script: an error of the runner's own."""
 
 
 @dataclass(slots=True)
@@ -281,19 +289,22 @@ class Worker:
                 wait_ms = max(1, int((next_reclaim - anyio.current_time()) * 1000))
                 entries = await self.store.read(self.name, count, min(block_ms, wait_ms))
                 failures = 0
-            except TRANSIENT as exc:
-                if failures == 0:
-                    log.warning("worker.redis_unavailable", error=str(exc) or type(exc).__name__)
+            except Exception as exc:
+                if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+                    # Redis came back empty (no persistence), or the stream was deleted by
+                    # hand: recreate the group and read what producers add from now on.
+                    log.error("worker.group_missing", stream=self.store.keys.stream)
+                    with suppress(Exception):
+                        await self.store.ensure_group()
+                elif is_transient(exc):
+                    if failures == 0:
+                        error = str(exc) or type(exc).__name__
+                        log.warning("worker.redis_unavailable", error=error)
+                else:
+                    # Nothing read or reclaimed may end the worker: say what failed, and wait.
+                    log.exception("worker.read_failed", error=str(exc) or type(exc).__name__)
                 await anyio.sleep(backoff(failures))
                 failures += 1
-                continue
-            except ResponseError as exc:
-                if not str(exc).startswith("NOGROUP"):
-                    raise
-                # Redis came back empty (no persistence), or the stream was deleted by hand:
-                # recreate the group and read what producers add from now on.
-                log.error("worker.group_missing", stream=self.store.keys.stream)
-                await self._redis("create group", self.store.ensure_group)
                 continue
             if not entries:
                 # Burst: nothing new, nothing running, and the last reclaim pass found nothing.
@@ -314,20 +325,28 @@ class Worker:
     async def _start_batch(
         self, jobs: TaskGroup, entries: Sequence[Taken], breaker: CircuitBreaker
     ) -> None:
-        """Parse the entries, start the attempts not yet started in one call, then run each."""
+        """Parse the entries, start the attempts not yet started in one call, then run each.
+
+        Never raises: what fails for one entry is that entry's (see `_run_entry`).
+        """
         self._busy += len(entries)
         prepared: list[_Prepared] = []
         items = []
         for entry_id, raw, begun in entries:
-            fields = decode_fields(raw)
+            fields, truncated = decode_fields(raw)
+            p = _Prepared(entry_id, fields, InvalidJob("internal", "not parsed"), "", begun)
+            p.truncated = truncated
             try:
-                job: Job | InvalidJob = Job.from_fields(raw, entry_id)
+                p.job = Job.from_fields(raw, entry_id)
+                p.digest = p.job.digest()
             except InvalidJob as exc:
-                job = exc
-            digest = job.digest() if isinstance(job, Job) else ""
-            prepared.append(_Prepared(entry_id, fields, job, digest, begun))
-            if isinstance(job, Job) and begun is None:
-                items.append((entry_id, job.job_id, digest, fields))
+                p.job = exc
+            except Exception as exc:
+                log.exception("entry.parse_failed", entry=entry_id)
+                p.begin = Begin(BeginOutcome.ERROR, error=f"parsing the entry raised {exc!r}")
+            prepared.append(p)
+            if isinstance(p.job, Job) and p.begin is None:
+                items.append((entry_id, p.job.job_id, p.digest, fields))
         if items:
             try:
                 begins = iter(
@@ -339,6 +358,10 @@ class Worker:
                 self._busy -= len(entries)
                 self._slot_freed.set()
                 return
+            except Exception as exc:
+                log.exception("entries.begin_failed", entries=len(items))
+                failed = Begin(BeginOutcome.ERROR, error=f"starting the attempt raised {exc!r}")
+                begins = iter([failed] * len(items))
             for p in prepared:
                 if isinstance(p.job, Job) and p.begin is None:
                     p.begin = next(begins)
@@ -371,15 +394,19 @@ class Worker:
             job_id = known.get(entry_id)
             log.warning("entry.deleted", entry=entry_id, job_id=job_id)
             if job_id is not None:
-                await self.store.fail(
-                    job_id,
-                    entry_id=entry_id,
-                    fence=None,
-                    reason="entry_deleted",
-                    error="the job's stream entry was deleted while it was pending",
-                    worker=self.name,
-                    fields={},
-                    dead_letter=False,
+                await self._redis(
+                    "fail",
+                    partial(
+                        self.store.fail,
+                        job_id,
+                        entry_id=entry_id,
+                        fence=None,
+                        reason="entry_deleted",
+                        error="the job's stream entry was deleted while it was pending",
+                        worker=self.name,
+                        fields={},
+                        dead_letter=False,
+                    ),
                 )
 
     async def _wait_slot(self) -> None:
@@ -412,22 +439,31 @@ class Worker:
             if anyio.current_time() >= next_prune:
                 next_prune = anyio.current_time() + _PRUNE_EVERY_S
                 await self._prune_consumers()
-            attempts = list(self.running.values())
-            if not attempts:
-                continue
-            leases = [(a.job_id, a.entry_id, a.fence) for a in attempts]
             try:
-                results = await self.store.renew(self.name, leases)
-            except TRANSIENT as exc:
-                log.warning("lease.renew_failed", error=str(exc) or type(exc).__name__)
-                continue
-            for attempt, lease in zip(attempts, results, strict=True):
-                if lease is Lease.LOST and not attempt.lost:
-                    attempt.lost = True
+                await self._renew()
+            except Exception as exc:
+                # A lease not renewed now is renewed at the next beat, or reclaimed: no reason
+                # to stop the worker.
+                if is_transient(exc):
+                    log.warning("lease.renew_failed", error=str(exc) or type(exc).__name__)
+                else:
+                    log.exception("lease.renew_failed", error=str(exc) or type(exc).__name__)
+
+    async def _renew(self) -> None:
+        attempts = list(self.running.values())
+        if not attempts:
+            return
+        leases = [(a.job_id, a.entry_id, a.fence) for a in attempts]
+        results = await self.store.renew(self.name, leases)
+        for attempt, lease in zip(attempts, results, strict=True):
+            if lease is Lease.LOST and not attempt.lost:
+                attempt.lost = True
+                # A job whose commit is in flight ends with a new token: no news.
+                if attempt.stage not in (Stage.POSTPROCESSING, Stage.COMPLETED):
                     log.warning("job.lost", job_id=attempt.job_id, fence=attempt.fence)
-                elif lease is Lease.VANISHED and not attempt.vanished:
-                    attempt.vanished = True
-                    log.warning("job.entry_vanished", job_id=attempt.job_id)
+            elif lease is Lease.VANISHED and not attempt.vanished:
+                attempt.vanished = True
+                log.warning("job.entry_vanished", job_id=attempt.job_id)
 
     async def _beat(self) -> None:
         """Publish this worker's liveness record and refresh the queue gauges."""
@@ -451,10 +487,14 @@ class Worker:
         try:
             ttl = liveness_ttl(self.settings.heartbeat_seconds)
             await publish_liveness(self.store.redis, self.store.keys, ttl=ttl, info=info)
+            await self.store.load_submission_script()
             _, pending, lag = await queue_depth(self.store.redis, self.store.keys)
-        except TRANSIENT as exc:
+        except Exception as exc:
             self._redis_ok = False
-            log.warning("worker.liveness_failed", error=str(exc) or type(exc).__name__)
+            if is_transient(exc):
+                log.warning("worker.liveness_failed", error=str(exc) or type(exc).__name__)
+            else:
+                log.exception("worker.liveness_failed", error=str(exc) or type(exc).__name__)
             return
         self._redis_ok = True
         self.metrics.pending.set(pending)
@@ -502,8 +542,8 @@ class Worker:
         try:
             idle = await self.store.idle_consumers(_CONSUMER_IDLE_S)
             removed = await self.store.prune_consumers([n for n in idle if n != self.name])
-        except TRANSIENT as exc:
-            log.warning("consumers.prune_failed", error=str(exc))
+        except Exception as exc:
+            log.warning("consumers.prune_failed", error=str(exc) or type(exc).__name__)
             return
         if removed:
             log.info("consumers.pruned", removed=removed)
@@ -515,9 +555,15 @@ class Worker:
         structlog.contextvars.bind_contextvars(entry=prepared.entry_id)
         try:
             await self._process(prepared, permit)
-        except TransientError as exc:
-            # Redis stayed away longer than the retries: the lease brings the job back later.
-            log.error("job.abandoned", entry=prepared.entry_id, error=str(exc))
+        except Exception as exc:
+            if is_transient(exc):
+                # Redis stayed away longer than the retries: the lease brings the job back.
+                log.error("job.abandoned", entry=prepared.entry_id, error=str(exc))
+            else:
+                # Whatever else escapes is ours (a bug, an engine raising the unexpected): the
+                # job is tried again later, and dead-lettered as `internal` past the limit.
+                log.exception("job.internal_error", error=str(exc) or type(exc).__name__)
+                await self._internal(prepared, exc)
         finally:
             if permit is not None:
                 permit.release()
@@ -529,30 +575,36 @@ class Worker:
 
     async def _process(self, prepared: _Prepared, permit: Permit | None) -> None:
         entry_id, fields, job = prepared.entry_id, prepared.fields, prepared.job
+        begin = prepared.begin
+        if begin is not None and begin.outcome is BeginOutcome.ERROR:
+            raise _BeginFailed(begin.error)
         if isinstance(job, InvalidJob):
-            job_id = fields.get("job_id", "")
-            await self._reject(entry_id, job_id if valid_id(job_id) else entry_id, job, fields)
+            await self._reject(prepared, _job_id_of(prepared), job)
             return
         structlog.contextvars.bind_contextvars(job_id=job.job_id)
         digest = prepared.digest
-        begin = prepared.begin
         assert begin is not None
         if begin.outcome is BeginOutcome.CONFLICT:
             error = InvalidJob(
                 "job_id_conflict",
                 f"job_id={job.job_id!r} is already used by a different job ({begin.state})",
             )
-            await self._reject(entry_id, job.job_id, error, fields, record=False)
+            await self._reject(prepared, job.job_id, error, record=False)
             return
         if begin.outcome is BeginOutcome.DEAD:
             self.failed += 1
             self.metrics.jobs.labels("dead").inc()
             log.error("job.dead", reason="max_deliveries", attempts=begin.attempts)
             return
+        if begin.outcome is BeginOutcome.FAILED:
+            self.failed += 1
+            self.metrics.jobs.labels("failed").inc()
+            log.warning("job.failed", reason=begin.state, error=begin.error)
+            return
         if begin.outcome is not BeginOutcome.OK:
             log.info("job.skipped", outcome=begin.outcome.value, state=begin.state)
             return
-        attempt = Attempt(job, entry_id, begin.fence, begin.attempts, digest)
+        attempt = prepared.attempt = Attempt(job, entry_id, begin.fence, begin.attempts, digest)
         self.metrics.attempts.inc()
         try:
             model = attempt.model = self.transcriber.resolve(job.model)
@@ -564,8 +616,10 @@ class Worker:
                 permit.release()
             permit = self.breaker(model).allow()
         if permit is None:
-            # The model's breaker is open: hand the job to a worker whose engine works.
-            await self._release(attempt, charge=False, reason="breaker_open")
+            # The model's breaker is open: hand the job to a worker whose engine works, or
+            # back to this one once its breaker probes (not round and round meanwhile).
+            delay = self.breaker(model).seconds_until_probe()
+            await self._release(attempt, charge=False, reason="breaker_open", delay=delay)
             return
         self.running[job.job_id] = attempt
         try:
@@ -666,7 +720,7 @@ class Worker:
                 p.done.set()
 
     async def _release(
-        self, attempt: Attempt, *, charge: bool, reason: str, error: str = ""
+        self, attempt: Attempt, *, charge: bool, reason: str, error: str = "", delay: float = 0.0
     ) -> bool:
         return await self._redis(
             "release",
@@ -678,6 +732,7 @@ class Worker:
                 charge=charge,
                 reason=reason,
                 error=error,
+                delay=delay,
             ),
         )
 
@@ -724,10 +779,9 @@ class Worker:
 
     async def _reject(
         self,
-        entry_id: str,
+        prepared: _Prepared,
         job_id: str,
         error: JobError,
-        fields: dict[str, str],
         *,
         record: bool = True,
     ) -> None:
@@ -737,16 +791,108 @@ class Worker:
             "fail",
             lambda: self.store.fail(
                 job_id,
-                entry_id=entry_id,
+                entry_id=prepared.entry_id,
                 fence=None,
                 reason=error.reason,
                 error=error.message,
                 worker=self.name,
-                fields=fields,
+                fields=prepared.fields,
                 record=record,
                 error_class=ErrorClass.JOB,
+                truncated=prepared.truncated,
             ),
         )
         self.failed += 1
         self.metrics.jobs.labels("failed").inc()
         log.warning("job.failed", job_id=job_id, reason=error.reason, error=error.message)
+
+    async def _internal(self, prepared: _Prepared, exc: BaseException) -> None:
+        """An entry failed for a reason of the runner's own: try it again after a pause, and
+        dead-letter it as `internal` once it has had its attempts. Other entries go on."""
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        limit = self.settings.max_deliveries
+        attempt = prepared.attempt
+        try:
+            if attempt is not None:
+                tries = attempt.attempts
+                if tries < limit:
+                    await self._release(
+                        attempt, charge=True, reason="internal", error=error, delay=_pause(tries)
+                    )
+                    return
+                await self._redis(
+                    "fail",
+                    lambda: self.store.fail(
+                        attempt.job_id,
+                        entry_id=attempt.entry_id,
+                        fence=attempt.fence,
+                        reason="internal",
+                        error=f"gave up after {tries} attempts; last: {error}",
+                        worker=self.name,
+                        fields=prepared.fields,
+                        state=JobState.DEAD,
+                        error_class=ErrorClass.INTERNAL,
+                        truncated=prepared.truncated,
+                    ),
+                )
+            else:
+                tries = await self._redis(
+                    "deliveries", lambda: self.store.deliveries(prepared.entry_id)
+                )
+                if tries < limit:
+                    await self._redis(
+                        "defer",
+                        lambda: self.store.defer(self.name, prepared.entry_id, _pause(tries)),
+                    )
+                    return
+                await self._bury(prepared, f"gave up after {tries} deliveries; last: {error}")
+        except Exception as again:
+            # The lease still brings the entry back; nothing more to do here.
+            log.exception("job.internal_error_unhandled", error=str(again))
+            return
+        self.failed += 1
+        self.metrics.jobs.labels("dead").inc()
+        log.error("job.dead", reason="internal", attempts=tries)
+
+    async def _bury(self, prepared: _Prepared, error: str) -> None:
+        """Dead-letter an entry that keeps failing before its attempt starts: through its
+        record if that works, else touching nothing of the job's (its keys may be the cause)."""
+        job_id = _job_id_of(prepared)
+        for record in (True, False):
+            try:
+                await self._redis(
+                    "fail",
+                    lambda record=record: self.store.fail(  # type: ignore[misc]
+                        job_id,
+                        entry_id=prepared.entry_id,
+                        fence=None,
+                        reason="internal",
+                        error=error,
+                        worker=self.name,
+                        fields=prepared.fields,
+                        state=JobState.DEAD,
+                        record=record,
+                        error_class=ErrorClass.INTERNAL,
+                        truncated=prepared.truncated,
+                    ),
+                )
+                return
+            except TransientError:
+                raise
+            except Exception:
+                if not record:
+                    raise
+                log.exception("job.bury_failed", job_id=job_id)
+
+
+def _job_id_of(prepared: _Prepared) -> str:
+    """The job id an entry's record lives under: its own if usable, else the entry id."""
+    if isinstance(prepared.job, Job):
+        return prepared.job.job_id
+    job_id = prepared.fields.get("job_id", "")
+    return job_id if valid_id(job_id) else prepared.entry_id
+
+
+def _pause(tries: int) -> float:
+    """Seconds before an entry that failed for an internal reason is tried again."""
+    return min(60.0, 2.0**tries)

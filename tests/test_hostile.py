@@ -40,7 +40,7 @@ def matrix(tmp: Path, prefix: str) -> dict[str, tuple[dict[str, Any], str]]:
     (tmp / "dir.wav").mkdir()
     (tmp / "escape.wav").symlink_to("/etc/passwd")
     outside = str(FIXTURES / ".." / ".." / "conftest.py")
-    big_key, list_key = f"{prefix}:big", f"{prefix}:list"
+    keys = Keys(prefix)
     return {
         "no-audio": ({"language": "en"}, "missing_field"),
         "both": ({"audio": str(HELLO), "audio_key": f"{prefix}:x"}, "conflicting_fields"),
@@ -56,9 +56,10 @@ def matrix(tmp: Path, prefix: str) -> dict[str, tuple[dict[str, Any], str]]:
         "truncated": ({"audio": str(tmp / "cut.wav")}, "truncated"),
         "too-long": ({"audio": str(FIXTURES / "weather.wav")}, "too_long"),
         "too-large": ({"audio": str(LONG)}, "too_large"),
-        "key-missing": ({"audio_key": f"{prefix}:none"}, "missing_key"),
-        "key-too-big": ({"audio_key": big_key}, "too_large"),
-        "key-wrong-type": ({"audio_key": list_key}, "invalid_key"),
+        "key-missing": ({"audio_key": keys.audio("key-missing")}, "missing_key"),
+        "key-too-big": ({"audio_key": keys.audio("key-too-big")}, "too_large"),
+        "key-wrong-type": ({"audio_key": keys.audio("key-wrong-type")}, "key_conflict"),
+        "key-foreign": ({"audio_key": keys.audio("key-too-big")}, "foreign_key"),
         "unknown-model": ({"audio": str(HELLO), "model": "large-v9"}, "unknown_model"),
         "bad-language": ({"audio": str(HELLO), "language": "xx"}, "invalid_field"),
         "beam-negative": ({"audio": str(HELLO), "beam_size": "-3"}, "invalid_field"),
@@ -83,8 +84,8 @@ async def test_hostile_matrix(settings: Settings, redis: RedisClient, tmp_path: 
     limited = settings.with_(
         max_audio_seconds=4.5, max_audio_bytes=300_000, max_audio_key_bytes=1000
     )
-    await redis.set(f"{settings.prefix}:big", b"\0" * 5000)
-    await redis.rpush(f"{settings.prefix}:list", b"a")
+    await redis.set(keys.audio("key-too-big"), b"\0" * 5000)
+    await redis.rpush(keys.audio("key-wrong-type"), b"a")
     client = Client(redis, limited)
     await client.submit(HELLO, job_id="taken")
     cases = matrix(tmp_path, settings.prefix)

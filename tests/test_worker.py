@@ -143,7 +143,7 @@ async def test_invalid_jobs_fail_with_reason_and_the_worker_goes_on(
         "b8": {"audio": str(FIXTURES / ".." / ".." / "conftest.py")},
         "b9": {"audio": str(tmp_path)},
         "b10": {"audio": "relative.wav"},
-        "b11": {"audio_key": f"{settings.prefix}:nothing"},
+        "b11": {"audio_key": f"{settings.prefix}:audio:b11"},
         "b12": {"audio": str(HELLO), "model": "large-v9"},
     }
     good = []
@@ -188,15 +188,15 @@ async def test_uploaded_audio_is_transcribed_and_removed(
 
 
 async def test_audio_key_over_the_cap_is_refused(settings: Settings, redis: RedisClient) -> None:
-    """An audio key larger than the configured cap fails the job without reading it."""
+    """An audio key larger than the configured cap fails the job without reading it whole."""
     keys = Keys(settings.prefix)
-    key = f"{settings.prefix}:big"
+    key = keys.audio("big")
     await redis.set(key, b"\0" * 2048)
     await redis.xadd(keys.stream, {"audio_key": key, "job_id": "big"})
     small = settings.with_(max_audio_key_bytes=1024)
     await burst(small, redis, FakeTranscriber())
     status = await Client(redis, settings).status("big")
-    assert status.reason == "too_large" and "limit is 1024" in status.error
+    assert status.reason == "too_large" and "more than 1024 bytes" in status.error
 
 
 async def test_burst_reads_no_more_than_free_slots(settings: Settings, redis: RedisClient) -> None:

@@ -5,6 +5,9 @@
 -- ARGV: job_id, group, events_maxlen, ttl
 -- Returns {'cancelled', previous state} or {'ended', state} (already over) or {'missing'}.
 local job, stream = KEYS[1], KEYS[2]
+local bad = check_keys({job, 'hash', stream, 'stream', KEYS[3], 'stream', KEYS[4], 'hash',
+  KEYS[8], 'hash'})
+if bad then return bad end
 local h = redis.call('HMGET', job, 'state', 'entry', 'worker')
 local state, entry = h[1], h[2]
 if not state then
@@ -14,9 +17,9 @@ if is_terminal(state) then
   return {'ended', state}
 end
 local t = now()
-redis.call('HINCRBY', job, 'fence', 1)
+next_fence(job)
 redis.call('HSET', job, 'state', 'cancelled', 'finished_at', t, 'reason', 'cancelled',
-  'error', 'cancelled by request')
+  'error', 'cancelled by request', 'ended_fence', '')
 redis.call('EXPIRE', job, tonumber(ARGV[4]))
 if entry then
   redis.call('XACK', stream, ARGV[2], entry)

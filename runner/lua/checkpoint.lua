@@ -2,9 +2,14 @@
 -- KEYS: job, checkpoint, checkpoint segments, events
 -- ARGV: fence, base (segments already saved), ttl, worker, job_id, events_maxlen, event_data,
 --       pair count n, then n header field/value pairs, then the new segments (JSON)
--- Returns 1 saved, 0 fenced off (another attempt owns the job), -1 base does not match.
+-- Returns 1 saved, 0 fenced off (another attempt owns the job, or it ended), -1 base does not
+-- match.
 local job, ckpt, segs = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('HGET', job, 'fence') ~= ARGV[1] then
+if key_type(job) ~= 'hash' or check_keys({ckpt, 'hash', segs, 'list', KEYS[4], 'stream'}) then
+  return 0  -- planted keys: the next attempt's start dead-letters the job with the reason
+end
+local h = redis.call('HMGET', job, 'fence', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= 'running' then
   return 0
 end
 local base = tonumber(ARGV[2])
