@@ -331,39 +331,32 @@ class Executor:
     async def _load_audio(self, job: Job) -> Audio:
         limit = self.settings.max_audio_seconds
         if job.audio is not None:
+            roots = self.settings.effective_audio_roots
+            if not roots:
+                raise AudioError(
+                    "no_audio_roots",
+                    f"audio={job.audio!r}: this worker reads no files, only uploaded audio "
+                    "(audio_key); set RUNNER_AUDIO_ROOTS on the worker to allow paths",
+                )
             path = await anyio.to_thread.run_sync(
-                resolve_path,
-                job.audio,
-                self.settings.effective_audio_roots,
-                self.settings.max_audio_bytes,
+                resolve_path, job.audio, roots, self.settings.max_audio_bytes
             )
             return await self.threads.run(
                 lambda: decode(path, max_seconds=limit, label=str(job.audio))
             )
         assert job.audio_key is not None
-        key = job.audio_key
-        data = await retrying(
-            "read audio", lambda: self._audio_bytes(key), within=self.settings.retry_seconds
-        )
-        label = f"key:{job.audio_key}"
-        return await self.threads.run(lambda: decode(data, max_seconds=limit, label=label))
-
-    async def _audio_bytes(self, key: str) -> bytes:
-        cap = self.settings.max_audio_key_bytes
-        redis = self.store.redis
-        kind = (await redis.type(key)).decode()
-        if kind == "none":
-            raise AudioError("missing_key", f"audio_key={key!r} does not exist")
-        if kind != "string":
-            raise AudioError("invalid_key", f"audio_key={key!r} holds a {kind}, not bytes")
-        size = int(await redis.strlen(key))
-        if size == 0:
-            raise AudioError("empty_file", f"audio_key={key!r} is empty")
-        if size > cap:
+        own = self.store.keys.audio(job.job_id)
+        if job.audio_key != own:
+            # Uploads are confined to the job's own upload key: never another producer's
+            # upload, nor any other key of the deployment or beyond it.
             raise AudioError(
-                "too_large", f"audio_key={key!r} holds {size} bytes; the limit is {cap}"
+                "foreign_key", f"audio_key={job.audio_key[:200]!r} must be this job's {own!r}"
             )
-        data = await redis.get(key)
-        if data is None:
-            raise AudioError("missing_key", f"audio_key={key!r} disappeared while being read")
-        return bytes(data)
+        cap = self.settings.max_audio_key_bytes
+        data = await retrying(
+            "read audio",
+            lambda: self.store.read_upload(job.job_id, cap),
+            within=self.settings.retry_seconds,
+        )
+        label = f"key:{own}"
+        return await self.threads.run(lambda: decode(data, max_seconds=limit, label=label))

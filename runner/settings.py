@@ -64,7 +64,8 @@ class Settings:
     device: str = "cpu"
     #: CTranslate2 compute type (`int8`, `float16`, `default`...).
     compute_type: str = "int8"
-    #: Directories that audio paths must resolve into (after symlinks). Empty: the working dir.
+    #: Directories that audio paths must resolve into (after symlinks). Empty: no paths at all,
+    #: only uploaded audio (`audio_key`); `runner transcribe` allows its files' own folders.
     audio_roots: tuple[Path, ...] = ()
     #: Jobs run at once per worker process. 0: automatic (`auto_concurrency`).
     concurrency: int = 0
@@ -187,8 +188,7 @@ class Settings:
 
     @property
     def effective_audio_roots(self) -> tuple[Path, ...]:
-        roots = self.audio_roots or (Path.cwd(),)
-        return tuple(root.resolve() for root in roots)
+        return tuple(root.resolve() for root in self.audio_roots)
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (command-line flags over the environment)."""

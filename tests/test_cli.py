@@ -118,7 +118,9 @@ async def test_transcribe_on_a_shared_server_leaves_nothing(
 
 def test_shared_embedded_server(tmp_path: Path) -> None:
     """Without RUNNER_REDIS_URL, submit and worker meet on one embedded server until stopped."""
-    env = runner_env(Settings(prefix="{runner}", state_dir=tmp_path / "s"))
+    env = runner_env(
+        Settings(prefix="{runner}", state_dir=tmp_path / "s", audio_roots=(HELLO.parent,))
+    )
     env.pop("RUNNER_REDIS_URL")
     try:
         job_id = run_cli("submit", str(HELLO), env=env).stdout.strip()
