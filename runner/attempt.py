@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from .audio import Audio, decode, resolve_path
+from .audio import Audio, decode, open_audio
 from .breaker import Permit
 from .checkpoint import Checkpoint, Stage, Windows, resume_prompt
 from .engine import EngineRequest, Transcriber, Transcription
@@ -330,20 +330,26 @@ class Executor:
 
     async def _load_audio(self, job: Job) -> Audio:
         limit = self.settings.max_audio_seconds
+        timeout = self.settings.decode_timeout_seconds
         if job.audio is not None:
-            roots = self.settings.effective_audio_roots
+            # As configured, not resolved: a root may be a link (/data -> /mnt/data) and
+            # producers name files by the configured spelling; open_audio checks both.
+            roots = self.settings.audio_roots
             if not roots:
                 raise AudioError(
                     "no_audio_roots",
                     f"audio={job.audio!r}: this worker reads no files, only uploaded audio "
                     "(audio_key); set RUNNER_AUDIO_ROOTS on the worker to allow paths",
                 )
-            path = await anyio.to_thread.run_sync(
-                resolve_path, job.audio, roots, self.settings.max_audio_bytes
-            )
-            return await self.threads.run(
-                lambda: decode(path, max_seconds=limit, label=str(job.audio))
-            )
+            raw, cap = job.audio, self.settings.max_audio_bytes
+
+            def load() -> Audio:
+                # Opened once and decoded from that one descriptor, in one thread call, so
+                # nothing can be swapped in between and the descriptor never leaks.
+                with open_audio(raw, roots, cap) as held:
+                    return decode(held, max_seconds=limit, timeout=timeout)
+
+            return await self.threads.run(load)
         assert job.audio_key is not None
         own = self.store.keys.audio(job.job_id)
         if job.audio_key != own:
@@ -359,4 +365,6 @@ class Executor:
             within=self.settings.retry_seconds,
         )
         label = f"key:{own}"
-        return await self.threads.run(lambda: decode(data, max_seconds=limit, label=label))
+        return await self.threads.run(
+            lambda: decode(data, max_seconds=limit, timeout=timeout, label=label)
+        )

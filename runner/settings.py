@@ -91,6 +91,8 @@ class Settings:
     max_audio_bytes: int = 1 << 30
     #: Largest audio held in a Redis key (`audio_key`), in bytes.
     max_audio_key_bytes: int = 64 << 20
+    #: Wall time allowed to decode one job's audio; past it the job fails (`decode_timeout`).
+    decode_timeout_seconds: float = 600.0
     #: How long one XREADGROUP blocks waiting for new entries, in milliseconds.
     block_ms: int = 2_000
     #: Approximate cap on the events stream.
@@ -185,10 +187,6 @@ class Settings:
     @property
     def effective_cpu_threads(self) -> int:
         return self.cpu_threads or auto_cpu_threads(self.effective_concurrency)
-
-    @property
-    def effective_audio_roots(self) -> tuple[Path, ...]:
-        return tuple(root.resolve() for root in self.audio_roots)
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (command-line flags over the environment)."""
