@@ -677,7 +677,11 @@ class Store:
             pipe.hgetall(self.keys.job(job_id))
             pipe.hgetall(self.keys.checkpoint(job_id))
             raw, checkpoint = await pipe.execute(raise_on_error=False)
-        # A key of another type at the record's name is no job of ours.
+        # A key of another type at the record's name is no job of ours; other errors
+        # (NOPERM, say) are what they are.
+        for reply in (raw, checkpoint):
+            if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
+                raise reply
         if not raw or isinstance(raw, ResponseError):
             raise JobNotFound(job_id)
         if isinstance(checkpoint, ResponseError):
@@ -689,6 +693,9 @@ class Store:
             for job_id in job_ids:
                 pipe.hgetall(self.keys.job(job_id))
             replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
+                raise reply
         return {
             job_id: JobStatus.from_hash(job_id, raw)
             if raw and not isinstance(raw, ResponseError)

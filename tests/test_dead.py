@@ -6,10 +6,15 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
+from runner.dead import DeadLetters
+from runner.errors import InvalidJob
 from runner.job import JobState
 from runner.keys import Keys
 from runner.producer import Client
 from runner.settings import Settings
+from runner.store import Store
 
 from .conftest import FIXTURES, RedisClient
 from .fakes import FakeTranscriber
@@ -62,3 +67,42 @@ async def test_retry_all(settings: Settings, redis: RedisClient, tmp_path: Path)
     assert sorted(out.stdout.split("\n")[:-1]) == [f"retried x{n}" for n in range(3)]
     worker = await burst(settings, redis, FakeTranscriber())
     assert worker.completed == 3
+
+
+async def test_retry_never_touches_a_completed_job(
+    settings: Settings, redis: RedisClient, tmp_path: Path
+) -> None:
+    """The dead letter of an entry that reused a completed job's id cannot be retried: the job,
+    its record and its result stay as they are; purge removes the letter."""
+    client = Client(redis, settings)
+    keys = Keys(settings.prefix)
+    await client.submit(FIXTURES / "hello.wav", job_id="done")
+    await burst(settings, redis, FakeTranscriber())
+    await redis.xadd(keys.stream, {"audio": str(tmp_path / "other.wav"), "job_id": "done"})
+    await burst(settings, redis, FakeTranscriber())
+    letters = DeadLetters(Store(redis, settings))
+    (letter,) = await letters.entries()
+    assert (letter.job_id, letter.reason) == ("done", "job_id_conflict")
+    before = await redis.hgetall(keys.job("done")), await redis.get(keys.result("done"))
+    with pytest.raises(InvalidJob) as refused:
+        await letters.retry(letter.id)
+    assert refused.value.reason == "job_completed"
+    assert (await redis.hgetall(keys.job("done")), await redis.get(keys.result("done"))) == before
+    out = run_cli("dead", "retry", "--all", env=runner_env(settings))
+    assert out.returncode == 0 and out.stdout.startswith(f"kept {letter.id}: job done completed")
+    assert await letters.count() == 1
+    assert await letters.purge() == 1
+
+
+async def test_dead_letters_do_not_keep_uploads_forever(fast: Settings, redis: RedisClient) -> None:
+    """A dead-lettered job's upload expires with its record, and purging its letter deletes
+    it at once."""
+    settings = fast.with_(max_audio_seconds=0.5, result_ttl=3600)
+    client = Client(redis, settings)
+    keys = Keys(settings.prefix)
+    job_id = await client.submit(audio_bytes=(FIXTURES / "hello.wav").read_bytes())
+    await burst(settings, redis, FakeTranscriber())
+    assert (await client.status(job_id)).reason == "too_long"
+    assert 0 < await redis.ttl(keys.audio(job_id)) <= 3600
+    assert await DeadLetters(Store(redis, settings)).purge([job_id]) == 1
+    assert not await redis.exists(keys.audio(job_id))

@@ -266,3 +266,44 @@ async def _has(redis: RedisClient, keys: Keys, event: str) -> bool:
 
 async def _count(redis: RedisClient, keys: Keys, event: str, n: int) -> bool:
     return (await breaker_events(redis, keys)).count(event) >= n
+
+
+def _bug(request: EngineRequest, window: int) -> None:
+    raise ValueError("an engine raising what nobody expects")
+
+
+async def test_unexpected_errors_are_retried_then_dead_lettered_as_internal(
+    fast: Settings, redis: RedisClient
+) -> None:
+    """An exception of no known class is the runner's own: the job is retried with its attempt
+    charged, dead-lettered as `internal` past the limit, and the worker serves the next job."""
+    settings = fast.with_(max_deliveries=2)
+    client = Client(redis, settings)
+    keys = Keys(settings.prefix)
+    flaky = await client.submit(HELLO, job_id="flaky", language="de")
+    good = await client.submit(HELLO, job_id="good")
+
+    def fail_german(request: EngineRequest, window: int) -> None:
+        if request.language == "de":
+            _bug(request, window)
+
+    async with running(Worker(settings, redis, FakeTranscriber(fail=fail_german))) as worker:
+        await until(lambda: _state(client, flaky, JobState.DEAD), within=30)
+        assert (await client.wait(good)).text == "window 0"
+        assert not worker.stopping
+    status = await client.status(flaky)
+    assert status.reason == "internal" and "ValueError" in status.error
+    assert status.attempts == 2
+    letters = [
+        {k.decode(): v.decode() for k, v in f.items()} for _, f in await redis.xrange(keys.dead)
+    ]
+    assert [(d["job_id"], d["reason"], d["error_class"]) for d in letters] == [
+        ("flaky", "internal", "internal")
+    ]
+    types = [f[b"type"] for _, f in await redis.xrange(keys.events) if f[b"job_id"] == b"flaky"]
+    assert types.count(b"job.dead") == 1 and b"job.completed" not in types
+    assert (await redis.xpending(keys.stream, GROUP))["pending"] == 0
+
+
+async def _state(client: Client, job_id: str, state: JobState) -> bool:
+    return (await client.status(job_id)).state is state

@@ -456,3 +456,22 @@ async def test_batched_commits_are_fenced_one_by_one(fast: Settings, redis: Redi
         "batch-0",
         "batch-2",
     ]
+
+
+async def test_release_with_a_delay_is_not_reclaimed_before_it(
+    fast: Settings, redis: RedisClient
+) -> None:
+    """A job handed back with a delay (its model's breaker is open) is reclaimed once the delay
+    has passed, not at once and round and round meanwhile."""
+    client = Client(redis, fast)
+    job_id = await client.submit(HELLO)
+    store = Store(redis, fast)
+    entry_id, _, begun = await ghost(store, "w-open")
+    assert await store.release(
+        job_id, entry_id=entry_id, fence=begun.fence, consumer="w-open", charge=False,
+        reason="breaker_open", delay=0.4,
+    )  # fmt: skip
+    assert (await store.autoclaim("w-other", "0-0", 10)).entries == []
+    await anyio.sleep(0.5)
+    assert [e for e, _ in (await store.autoclaim("w-other", "0-0", 10)).entries] == [entry_id]
+    assert (await client.status(job_id)).attempts == 0

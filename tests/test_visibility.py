@@ -245,3 +245,21 @@ async def test_cancel_queued_and_running(settings: Settings, redis: RedisClient)
 
 async def _state(client: Client, job_id: str, state: JobState) -> bool:
     return (await client.status(job_id)).state is state
+
+
+async def test_submit_many_is_all_or_nothing_under_the_rate_limit(
+    settings: Settings, redis: RedisClient
+) -> None:
+    """A batch that would take any of its clients past the limit queues none of its jobs, not
+    even other clients'; a batch within every limit is queued whole."""
+    client = Client(redis, settings.with_(rate_limit="3/60"))
+    stream = Keys(settings.prefix).stream
+    await client.submit(HELLO, client_id="a")
+    batch = [{"audio": HELLO, "client_id": c} for c in ("b", "a", "a", "a", "c")]
+    with pytest.raises(RateLimited) as info:
+        await client.submit_many(batch)
+    assert info.value.client_id == "a" and 0 < info.value.retry_after <= 60
+    assert await redis.xlen(stream) == 1
+    ids = await client.submit_many(batch[:3])
+    assert await redis.xlen(stream) == 4
+    assert [(await client.status(i)).state for i in ids] == [JobState.QUEUED] * 3
