@@ -17,16 +17,22 @@ from runner.connection import open_redis
 from runner.job import JobState
 from runner.producer import Client
 from runner.settings import Settings
+from runner.store import load_script
 from runner.worker import Worker
 
 from .conftest import FIXTURES, RedisClient
 from .fakes import FakeTranscriber
-from .helpers import ROOT, run_cli, runner_env
+from .helpers import ROOT, run_cli, runner_env, running, until
 from .redis_server import RedisServer
 
 HELLO = FIXTURES / "hello.wav"
 USERS = ROOT / "deploy" / "redis" / "users.conf"
-PASSWORDS = {"worker": "w0rker-s3cret", "producer": "pr0ducer-s3cret"}
+PASSWORDS = {
+    "worker": "w0rker-s3cret",
+    "operator": "0perator-s3cret",
+    "submitter": "subm1tter-s3cret",
+    "producer": "pr0ducer-s3cret",
+}
 
 
 @pytest.fixture
@@ -47,37 +53,46 @@ def url_for(server: RedisServer, role: str) -> str:
     return f"redis://runner-{role}:{PASSWORDS[role]}@127.0.0.1:{server.port}/0"
 
 
-async def test_worker_and_producer_with_acl_users(
+async def test_worker_submitter_and_operator_with_acl_users(
     acl_server: RedisServer, settings: Settings, tmp_path: Path
 ) -> None:
-    """A producer and a worker restricted as documented do the whole job between them."""
+    """A submitter, a worker and an operator restricted as documented do the whole job."""
     # The documented rules name the default prefix; this server is the test's own.
     worker_settings = settings.with_(redis_url=url_for(acl_server, "worker"), prefix="{runner}")
-    producer_settings = worker_settings.with_(redis_url=url_for(acl_server, "producer"))
-    async with open_redis(producer_settings) as producer_redis:
-        client = Client(producer_redis, producer_settings)
-        ids = [await client.submit(HELLO, client_id="acl") for _ in range(3)]
-        bad = await client.submit(tmp_path / "missing.wav")
-        async with open_redis(worker_settings) as worker_redis:
-            worker = Worker(worker_settings, worker_redis, FakeTranscriber(), burst=True)
+    submitter_settings = worker_settings.with_(redis_url=url_for(acl_server, "submitter"))
+    async with (
+        open_redis(worker_settings) as worker_redis,
+        open_redis(submitter_settings) as submitter_redis,
+    ):
+        client = Client(submitter_redis, submitter_settings)
+        worker = Worker(worker_settings, worker_redis, FakeTranscriber())
+        enqueue = load_script(submitter_redis, "enqueue").sha
+        async with running(worker):
+            # Submitters may not load scripts: the worker loads the submission script for them.
+            await until(lambda: _loaded(worker_redis, enqueue))
+            ids = [await client.submit(HELLO, client_id="acl") for _ in range(3)]
+            bad = await client.submit(tmp_path / "missing.wav")
             with anyio.fail_after(30):
-                await worker.run()
-            assert worker.completed == 3 and worker.failed == 1
-            # Operators use the worker's rules: stats, cancel, dead letters.
-            env = runner_env(worker_settings)
-            assert run_cli("stats", "--json", env=env).returncode == 0
-            assert run_cli("dead", "list", env=env).returncode == 0
-        outcomes = await client.wait_all(ids)
-        assert all(o.text == "window 0" for o in outcomes.values())  # type: ignore[union-attr]
+                outcomes = await client.wait_all([*ids, bad])
+        assert worker.completed == 3 and worker.failed == 1
+        assert all(outcomes[i].text == "window 0" for i in ids)  # type: ignore[union-attr]
         assert (await client.status(bad)).state is JobState.FAILED
-        # The producer cannot take jobs off the group, nor acknowledge or delete entries.
+        # Operators have their own user: stats, dead letters.
+        env = runner_env(worker_settings, RUNNER_REDIS_URL=url_for(acl_server, "operator"))
+        assert run_cli("stats", "--json", env=env).returncode == 0
+        assert run_cli("dead", "list", env=env).returncode == 0
+        # The submitter cannot take jobs off the group, nor acknowledge or delete entries.
         keys = client.store.keys
         with pytest.raises(NoPermissionError):
-            await producer_redis.xreadgroup("workers", "thief", {keys.stream: ">"}, count=1)
+            await submitter_redis.xreadgroup("workers", "thief", {keys.stream: ">"}, count=1)
         with pytest.raises(NoPermissionError):
-            await producer_redis.xack(keys.stream, "workers", "0-1")
+            await submitter_redis.xack(keys.stream, "workers", "0-1")
         with pytest.raises(NoPermissionError):
-            await producer_redis.get("outside:the:prefix")
+            await submitter_redis.get("outside:the:prefix")
+
+
+async def _loaded(redis: RedisClient, sha: str) -> bool:
+    return bool((await redis.script_exists(sha))[0])
 
 
 async def test_connections_without_credentials_are_refused(
