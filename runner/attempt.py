@@ -32,6 +32,9 @@ __all__ = ["Attempt", "Executor"]
 
 log = get_logger("runner.attempt")
 
+# How long past the decode time limit a decoder that never returns to check it is given.
+_DECODE_GRACE_S = 5.0
+
 
 @dataclass(slots=True, eq=False)
 class Attempt:
@@ -349,7 +352,7 @@ class Executor:
                 with open_audio(raw, roots, cap) as held:
                     return decode(held, max_seconds=limit, timeout=timeout)
 
-            return await self.threads.run(load)
+            return await self._decoding(load, raw)
         assert job.audio_key is not None
         own = self.store.keys.audio(job.job_id)
         if job.audio_key != own:
@@ -365,6 +368,20 @@ class Executor:
             within=self.settings.retry_seconds,
         )
         label = f"key:{own}"
-        return await self.threads.run(
-            lambda: decode(data, max_seconds=limit, timeout=timeout, label=label)
+        return await self._decoding(
+            lambda: decode(data, max_seconds=limit, timeout=timeout, label=label), label
         )
+
+    async def _decoding(self, load: Callable[[], Audio], label: str) -> Audio:
+        """Run a decode in the pool, failing the job if it outlives its time limit.
+
+        The decoder checks the limit between frames itself; this is for a call that blocks
+        inside the decoder and never returns to check. Its thread is abandoned (it holds one
+        slot's thread until the call ends), but the job ends now instead of holding its
+        lease forever.
+        """
+        limit = self.settings.decode_timeout_seconds
+        with anyio.move_on_after(limit + _DECODE_GRACE_S):
+            return await self.threads.run(load)
+        log.error("job.decoder_hung", source=label, limit_s=limit)
+        raise AudioError("decode_timeout", f"{label}: decoding did not end within {limit:g} s")

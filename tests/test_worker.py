@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
+from runner import attempt as attempt_module
+from runner import audio as audio_module
 from runner.job import JobState
 from runner.keys import GROUP, Keys
 from runner.producer import Client
@@ -16,7 +20,7 @@ from runner.worker import Worker
 
 from .conftest import FIXTURES, RedisClient
 from .fakes import FakeTranscriber
-from .helpers import burst, running
+from .helpers import burst, running, until
 
 HELLO = FIXTURES / "hello.wav"
 LONG = FIXTURES / "long.ogg"
@@ -265,3 +269,37 @@ async def test_submit_many_in_one_round_trip(settings: Settings, redis: RedisCli
         await client.submit_many([{"audio": LONG, "job_id": "batch-0"}])
     worker = await burst(settings, redis, FakeTranscriber())
     assert worker.completed == 20
+
+
+async def test_a_decoder_that_never_returns_fails_the_job(
+    settings: Settings, redis: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode blocked inside the decoder (it never gets back to check its own time limit)
+    fails its job with `decode_timeout` instead of holding its lease forever; the next job runs."""
+    release = threading.Event()
+    real_open = audio_module.open_audio
+
+    def hanging_open(raw: str, *args: Any) -> Any:
+        if raw.endswith("hang.wav"):
+            release.wait(30)
+        return real_open(raw, *args)
+
+    monkeypatch.setattr(attempt_module, "open_audio", hanging_open)
+    monkeypatch.setattr(attempt_module, "_DECODE_GRACE_S", 0.1)
+    quick = settings.with_(decode_timeout_seconds=0.2)
+    client = Client(redis, quick)
+    hang = await client.submit(FIXTURES / "hang.wav", job_id="hang")
+    ok = await client.submit(HELLO)
+    try:
+        async with running(Worker(quick, redis, FakeTranscriber())):
+            with anyio.fail_after(20):
+                assert (await client.wait(ok)).text == "window 0"
+                await until(lambda: _ended(client, hang))
+    finally:
+        release.set()
+    status = await client.status(hang)
+    assert (status.state, status.reason) == (JobState.FAILED, "decode_timeout")
+
+
+async def _ended(client: Client, job_id: str) -> bool:
+    return (await client.status(job_id)).state.terminal
