@@ -22,7 +22,7 @@ from .errors import AudioError, JobError, LeaseLost
 from .job import Job
 from .logs import get_logger
 from .metrics import Metrics
-from .retry import TRANSIENT, retrying
+from .retry import is_transient, retrying
 from .settings import Settings
 from .store import Store
 from .threads import Threads
@@ -260,8 +260,9 @@ class Executor:
                     "attempt": attempt.attempts,
                 },
             )
-        except TRANSIENT as exc:
-            log.debug("event.lost", event_type="job.progress", error=str(exc))
+        except Exception as exc:  # progress is news, not state: never worth failing a job for
+            report = log.debug if is_transient(exc) else log.warning
+            report("event.lost", event_type="job.progress", error=str(exc) or type(exc).__name__)
 
     def _checkpoint_due(self, attempt: Attempt) -> bool:
         return time.monotonic() - attempt.last_save >= self.settings.checkpoint_seconds

@@ -168,8 +168,8 @@ class Worker:
     async def _publish(self, event: str, data: dict[str, str]) -> None:
         try:
             await self.store.publish(event, worker=self.name, data=data)
-        except TRANSIENT as exc:
-            log.warning("event.lost", event_type=event, error=str(exc))
+        except Exception as exc:  # a task of the worker's own: nothing here may end it
+            log.warning("event.lost", event_type=event, error=str(exc) or type(exc).__name__)
 
     async def run(self) -> None:
         """Run until stopped (or, in burst mode, until nothing is left for this worker)."""
