@@ -222,7 +222,7 @@ async def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         metrics_port=args.metrics_port,
         health_port=args.health_port,
     )
-    async with open_redis(settings) as redis:
+    async with open_redis(settings, wait=True) as redis:
         worker = Worker(
             settings, redis, WhisperTranscriber(settings), burst=args.burst, handle_signals=True
         )

@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .embedded import EmbeddedRedis
 from .errors import ConfigError, TransientError
+from .retry import retrying
 from .settings import Settings
 
 __all__ = ["connection_options", "open_redis", "redacted", "resolve_url"]
@@ -63,15 +64,27 @@ def connection_options(settings: Settings, url: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_redis(settings: Settings, url: str | None = None) -> AsyncIterator[Redis]:
-    """A connected client (bytes in, bytes out). Fails fast with a clear error if unreachable."""
+async def open_redis(
+    settings: Settings, url: str | None = None, *, wait: bool = False
+) -> AsyncIterator[Redis]:
+    """A connected client (bytes in, bytes out). Fails fast with a clear error if unreachable,
+    or with `wait`, waits for Redis with backoff (a worker started while Redis restarts);
+    refused credentials fail at once either way."""
     url = url or resolve_url(settings)
     client = Redis.from_url(url, decode_responses=False, **connection_options(settings, url))
-    try:
+
+    async def ping() -> None:
         try:
             await client.ping()
-        except AuthenticationError as exc:
+        except AuthenticationError as exc:  # a ConnectionError to redis-py: never worth a retry
             raise ConfigError(f"Redis at {redacted(url)} refused the credentials: {exc}") from exc
+
+    try:
+        try:
+            if wait:
+                await retrying(f"connect to {redacted(url)}", ping, within=None)
+            else:
+                await ping()
         except ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc) or "NOPERM" in str(exc):
                 raise ConfigError(f"Redis at {redacted(url)} refused access: {exc}") from exc

@@ -9,6 +9,13 @@
 local bad = check_batch_keys()
 if bad then return bad end
 local c = batch_context()
+if ARGV[7] == '' and ARGV[16] == '1' then
+  -- No attempt, so no token to fence with: the entry itself says whether this call still
+  -- stands. Gone from the group: already ended (a retried call, or a peer got there first).
+  local owner = pending_owner(c.stream, c.group, ARGV[8])
+  if owner == nil then return 1 end
+  if owner ~= c.consumer then return 0 end
+end
 return end_job(c, {fence = ARGV[7], entry = ARGV[8], job_id = ARGV[9], state = ARGV[10],
   reason = ARGV[11], error = ARGV[12], error_class = ARGV[13], fields = ARGV[14],
   record = ARGV[15] == '1', dead_letter = ARGV[16] == '1', deliveries = ARGV[17],
