@@ -105,7 +105,11 @@ end
 local function end_job(c, e)
   local job = job_key(c.prefix, 'job', e.job_id)
   local t = c.t
-  local ours = e.record and (key_type(job) == 'hash' or key_type(job) == 'none')
+  local kind = key_type(job)
+  local ours = e.record and (kind == 'hash' or kind == 'none')
+  -- The id is the entry's own, but its record's name holds foreign data: the job ends all the
+  -- same (dead letter, event), without a record.
+  local unrecorded = e.record and not ours
   local h = {}
   if ours then
     h = redis.call('HMGET', job, 'entry', 'state', 'attempts', 'history', 'fields', 'fence',
@@ -150,7 +154,7 @@ local function end_job(c, e)
   redis.call('HDEL', c.index, e.entry)
   if already then return 1 end
   local data = cjson.encode({reason = e.reason, error = e.error, error_class = e.error_class})
-  if ours then
+  if ours or unrecorded then
     redis.call('HINCRBY', c.counts, e.state, 1)
     emit(c.events, c.maxlen, 'job.' .. e.state, t, e.job_id, e.worker, data)
   else
