@@ -383,9 +383,9 @@ def _decode_held(held: AudioFile, limits: _Limits) -> Audio:
 
 def _decode_stream(stream: BinaryIO, size: int, limits: _Limits) -> Audio:
     stream.seek(0)
-    _check_wav_length(stream.read(_WAV_HEAD_BYTES), size, limits.label)
+    end = _check_wav_length(stream.read(_WAV_HEAD_BYTES), size, limits.label)
     stream.seek(0)
-    samples, declared = _decode_samples(_CappedReader(stream, limits), limits)
+    samples, declared = _decode_samples(_CappedReader(stream, limits, end), limits)
     audio = Audio(samples=samples, source=limits.label)
     if audio.samples.size == 0:
         raise AudioError("empty_audio", f"{limits.label}: the file holds no audio samples")
@@ -398,13 +398,15 @@ def _decode_stream(stream: BinaryIO, size: int, limits: _Limits) -> Audio:
     return audio
 
 
-def _check_wav_length(head: bytes, total: int, label: str) -> None:
+def _check_wav_length(head: bytes, total: int, label: str) -> int | None:
     """Refuse a WAV file whose data chunk is shorter than its header says (an upload cut short).
 
-    Decoders play such files up to where they stop, so nothing else would notice.
+    Decoders play such files up to where they stop, so nothing else would notice. Returns where
+    the data chunk ends, when its header says: nothing past it is audio, and a demuxer walking
+    megabytes of trailing bytes would take minutes over two seconds of sound.
     """
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return
+        return None
     offset = 12
     while offset + 8 <= len(head):
         chunk, size = (
@@ -420,17 +422,20 @@ def _check_wav_length(head: bytes, total: int, label: str) -> None:
                     f"{label}: the WAV header declares {size} bytes of audio but the file holds "
                     f"{held} (the file was cut short)",
                 )
-            return
+            return None if size in (0, 0xFFFFFFFF) else offset + 8 + size
         offset += 8 + size + (size & 1)
+    return None
 
 
 class _CappedReader:
     """What PyAV reads through: refuses bytes past the size cap (a file that grew after it was
     checked), stops at the deadline, and never closes the file it reads (its owner does)."""
 
-    def __init__(self, stream: BinaryIO, limits: _Limits) -> None:
+    def __init__(self, stream: BinaryIO, limits: _Limits, end: int | None = None) -> None:
         self._stream = stream
         self._limits = limits
+        #: Where the audio ends, if known: the reader shows a file that stops there.
+        self._end = end
         #: The refusal raised from inside PyAV, which may swallow it as a read error.
         self.failure: AudioError | None = None
 
@@ -445,6 +450,9 @@ class _CappedReader:
 
     def _read(self, n: int) -> bytes:
         self._limits.check_time()
+        if self._end is not None:
+            left = max(self._end - self._stream.tell(), 0)
+            n = left if n < 0 else min(n, left)
         cap = self._limits.max_bytes
         if cap is None:
             return self._stream.read(n)
@@ -461,6 +469,8 @@ class _CappedReader:
         return data
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END and self._end is not None:
+            return self._stream.seek(self._end + offset, io.SEEK_SET)
         return self._stream.seek(offset, whence)
 
     def tell(self) -> int:

@@ -216,6 +216,8 @@ class Job:
             raise InvalidJob("invalid_field", f"model={model[:80]!r} is not a model name")
         beam_size = _parse_beam(text("beam_size"))
         prompt = fields.get("initial_prompt")
+        if prompt is not None and "\0" in prompt:
+            raise InvalidJob("invalid_field", "initial_prompt holds a NUL character")
         if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidJob(
                 "invalid_field",
