@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import TransientError
 from .logs import get_logger
 
-__all__ = ["TRANSIENT", "backoff", "is_transient", "retrying"]
+__all__ = ["TRANSIENT", "backoff", "is_transient", "is_transient_reply", "retrying"]
 
 T = TypeVar("T")
 
@@ -58,7 +58,12 @@ def is_transient(exc: BaseException) -> bool:
     """Whether `exc` may go away by itself: worth retrying, never the job's fault."""
     if isinstance(exc, TRANSIENT):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+    return isinstance(exc, ResponseError) and is_transient_reply(str(exc))
+
+
+def is_transient_reply(text: str) -> bool:
+    """Whether an error reply's text says "not now" (a script reports what it caught as text)."""
+    return text.startswith(_TRANSIENT_REPLIES)
 
 
 def backoff(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:

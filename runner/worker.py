@@ -37,7 +37,7 @@ from .http import Response, serve
 from .job import Job, JobState, valid_id
 from .logs import get_logger
 from .metrics import BREAKER_VALUES, CONTENT_TYPE, Metrics
-from .retry import TRANSIENT, backoff, is_transient, retrying
+from .retry import TRANSIENT, backoff, is_transient, is_transient_reply, retrying
 from .settings import Settings
 from .stats import forget_worker, host_identity, liveness_ttl, publish_liveness, queue_depth
 from .store import Begin, BeginOutcome, Commit, Lease, Store, Taken, decode_fields
@@ -331,9 +331,10 @@ class Worker:
         """
         self._busy += len(entries)
         prepared: list[_Prepared] = []
-        items = []
         for entry_id, raw, begun in entries:
             fields, truncated = decode_fields(raw)
+            if begun is not None and _refused_for_now(begun):
+                begun = None  # Redis refused to start it (OOM, say): started again below
             p = _Prepared(entry_id, fields, InvalidJob("internal", "not parsed"), "", begun)
             p.truncated = truncated
             try:
@@ -345,28 +346,42 @@ class Worker:
                 log.exception("entry.parse_failed", entry=entry_id)
                 p.begin = Begin(BeginOutcome.ERROR, error=f"parsing the entry raised {exc!r}")
             prepared.append(p)
-            if isinstance(p.job, Job) and p.begin is None:
-                items.append((entry_id, p.job.job_id, p.digest, fields))
-        if items:
-            try:
-                begins = iter(
-                    await self._redis("begin", lambda: self.store.begin_many(self.name, items))
-                )
-            except TransientError as exc:
-                # Left pending: the lease brings these entries back later.
-                log.error("entries.abandoned", entries=len(entries), error=str(exc))
-                self._busy -= len(entries)
-                self._slot_freed.set()
-                return
-            except Exception as exc:
-                log.exception("entries.begin_failed", entries=len(items))
-                failed = Begin(BeginOutcome.ERROR, error=f"starting the attempt raised {exc!r}")
-                begins = iter([failed] * len(items))
-            for p in prepared:
-                if isinstance(p.job, Job) and p.begin is None:
-                    p.begin = next(begins)
+        waiting = [p for p in prepared if isinstance(p.job, Job) and p.begin is None]
+        if waiting:
+            await self._begin(waiting)
         for p in prepared:
+            if isinstance(p.job, Job) and p.begin is None:
+                # Left pending: the lease brings it back once Redis takes writes again.
+                self._busy -= 1
+                self._slot_freed.set()
+                continue
             jobs.start_soon(self._run_entry, p, breaker.allow())
+
+    async def _begin(self, waiting: list[_Prepared]) -> None:
+        """Start the attempts of these entries in one call, retrying those Redis refused for
+        now (a connection lost, OOM, BUSY) with backoff; each entry's `begin` is set when it
+        gets an answer of its own, and left None when Redis stayed away too long."""
+
+        async def attempt() -> None:
+            todo = [p for p in waiting if p.begin is None]
+            items = [(p.entry_id, _job_id_of(p), p.digest, p.fields) for p in todo]
+            for p, begun in zip(todo, await self.store.begin_many(self.name, items), strict=True):
+                if not _refused_for_now(begun):
+                    p.begin = begun
+            if any(p.begin is None for p in waiting):
+                raise TransientError("starting attempts: Redis refused writes for now")
+
+        try:
+            await self._redis("begin", attempt)
+        except TransientError as exc:
+            left = sum(p.begin is None for p in waiting)
+            log.error("entries.abandoned", entries=left, error=str(exc))
+        except Exception as exc:
+            log.exception("entries.begin_failed", entries=len(waiting))
+            failed = Begin(BeginOutcome.ERROR, error=f"starting the attempt raised {exc!r}")
+            for p in waiting:
+                if p.begin is None:
+                    p.begin = failed
 
     async def _reclaim(self, jobs: TaskGroup, free: int, breaker: CircuitBreaker) -> int:
         """Claim entries idle past the lease (their workers died or froze); returns how many."""
@@ -891,6 +906,12 @@ def _job_id_of(prepared: _Prepared) -> str:
         return prepared.job.job_id
     job_id = prepared.fields.get("job_id", "")
     return job_id if valid_id(job_id) else prepared.entry_id
+
+
+def _refused_for_now(begun: Begin) -> bool:
+    """Whether starting an attempt failed inside the script because Redis refused a write for
+    now (OOM, say): worth trying again, never the job's fault."""
+    return begun.outcome is BeginOutcome.ERROR and is_transient_reply(begun.error)
 
 
 def _pause(tries: int) -> float:

@@ -307,3 +307,53 @@ async def test_unexpected_errors_are_retried_then_dead_lettered_as_internal(
 
 async def _state(client: Client, job_id: str, state: JobState) -> bool:
     return (await client.status(job_id)).state is state
+
+
+async def test_redis_out_of_memory_is_waited_out(settings: Settings, tmp_path: Path) -> None:
+    """Redis refusing writes for lack of memory (OOM) is Redis's fault, not the job's: the
+    worker stays up, the job stays queued, and it completes once memory is back."""
+    from redis.asyncio import Redis
+    from redis.exceptions import OutOfMemoryError
+
+    server = RedisServer(tmp_path / "oom")
+    server.start()
+    try:
+        local = settings.with_(redis_url=server.url)
+        redis: RedisClient = Redis.from_url(server.url, protocol=2)
+        client = Client(redis, local)
+        keys = Keys(local.prefix)
+        async with running(Worker(local, redis, FakeTranscriber())) as worker:
+            await until(lambda: _live(redis, keys))
+            # The worker, blocked on its read, gets the entry; every write after it (starting
+            # the attempt, the liveness record) is refused.
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(keys.stream, {"audio": str(HELLO), "job_id": "starved"})
+                pipe.config_set("maxmemory", 1)
+                await pipe.execute()
+            job_id = "starved"
+            with pytest.raises(OutOfMemoryError):
+                await redis.set("probe", 1)
+            await until(lambda: _pending(redis, keys, 1))
+            await anyio.sleep(1.5)
+            assert await redis.hget(keys.job(job_id), "state") is None  # not started yet
+            assert not worker.stopping
+            await redis.config_set("maxmemory", 0)
+            # A plain XADD has no record before its attempt starts: poll rather than wait.
+            await until(lambda: _recorded_state(redis, keys, job_id, b"completed"), within=20)
+            assert (await client.result(job_id)).text == "window 0"
+            assert (await client.status(job_id)).attempts == 1
+        await redis.aclose()
+    finally:
+        server.stop()
+
+
+async def _live(redis: RedisClient, keys: Keys) -> bool:
+    return bool(await redis.zcard(keys.workers))
+
+
+async def _pending(redis: RedisClient, keys: Keys, n: int) -> bool:
+    return int((await redis.xpending(keys.stream, GROUP))["pending"]) == n
+
+
+async def _recorded_state(redis: RedisClient, keys: Keys, job_id: str, state: bytes) -> bool:
+    return bool(await redis.hget(keys.job(job_id), "state") == state)
