@@ -507,11 +507,23 @@ def _decode_samples(
     return _to_float(chunks, count), declared
 
 
+# FFmpeg picks a demuxer by the content it is given, and some demuxers open other files
+# themselves: a ten-line "ffconcat" playlist in a .wav file (or an upload) would have the
+# worker read audio outside the roots, relative to its working directory. Only audio and
+# media containers are allowed, and nothing may open a resource of its own (no protocol is on
+# the list: the one input is the descriptor the runner opened and checked).
+AUDIO_CONTAINERS = (
+    "wav,w64,rf64,mp3,ogg,flac,mov,matroska,aac,aiff,caf,amr,wv,ape,asf,avi,mpegts,mpeg,flv,"
+    "au,ac3,eac3,dts,tta,voc,mpc,mpc8,truehd,mlp,loas,xwma,dsf,sox,ircam,oma"
+)
+_DEMUXER_OPTIONS = {"format_whitelist": AUDIO_CONTAINERS, "protocol_whitelist": "none"}
+
+
 def _open_container(reader: _CappedReader, label: str) -> Any:
     import av
 
     try:
-        return av.open(reader, mode="r", metadata_errors="ignore")
+        return av.open(reader, mode="r", metadata_errors="ignore", options=_DEMUXER_OPTIONS)
     except (av.FFmpegError, ValueError) as exc:
         raise reader.failure or AudioError(
             "undecodable", f"{label}: not an audio file ({_why(exc)})"

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from .errors import InvalidJob, JobNotFound
 from .job import Job
 from .store import Store, load_script
@@ -114,24 +116,31 @@ class DeadLetters:
             digest = hashlib.sha256(text.encode()).hexdigest()[:32]
         keys = self.store.keys
         flat = [part for pair in fields.items() for part in pair]
-        reply = await self._retry(
-            keys=[
-                keys.dead,
-                keys.job(letter.job_id),
-                keys.stream,
-                keys.events,
-                keys.entries,
-                keys.result(letter.job_id),
-            ],
-            args=[
-                letter.id,
-                letter.job_id,
-                digest,
-                json.dumps(fields, ensure_ascii=False),
-                self.store.settings.events_maxlen,
-                *flat,
-            ],
-        )
+        try:
+            reply = await self._retry(
+                keys=[
+                    keys.dead,
+                    keys.job(letter.job_id),
+                    keys.stream,
+                    keys.events,
+                    keys.entries,
+                    keys.result(letter.job_id),
+                ],
+                args=[
+                    letter.id,
+                    letter.job_id,
+                    digest,
+                    json.dumps(fields, ensure_ascii=False),
+                    self.store.settings.events_maxlen,
+                    *flat,
+                ],
+            )
+        except ResponseError as exc:
+            if not str(exc).startswith("KEYTYPE"):
+                raise
+            # The job's record name (or a deployment key) holds foreign data: say which.
+            why = str(exc).removeprefix("KEYTYPE ")
+            raise InvalidJob("key_conflict", f"not retried: {why}") from None
         if isinstance(reply, int) and reply <= 0:
             if reply == 0:
                 raise JobNotFound(ref)

@@ -584,3 +584,56 @@ def test_every_refusal_closes_its_descriptor(
     with open_audio(str(root / "junk.wav"), [root], MB) as held:
         refusal(lambda: decode(held, max_seconds=60))
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("how", ["file", "bytes"])
+def test_playlists_never_open_other_files(
+    root: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ffconcat playlist (a demuxer that opens files by itself) is not audio: refused as
+    undecodable, as a file in the roots or as uploaded bytes, and the file it names is never
+    read, although it sits in the worker's working directory."""
+    monkeypatch.chdir(root.parent / "outside")
+    shutil.copy(HELLO, root.parent / "outside" / "secret.wav")
+    playlist = b"ffconcat version 1.0\nfile secret.wav\n"
+    if how == "bytes":
+        error = refusal(lambda: decode(playlist, max_seconds=60))
+    else:
+        (root / "list.wav").write_bytes(playlist)
+        with open_audio(str(root / "list.wav"), [root], MB) as held:
+            error = refusal(lambda: decode(held, max_seconds=60))
+    assert error.reason == "undecodable"
+
+
+def _encoded(container: str, codec: str, rate: int) -> bytes:
+    samples = decode(HELLO, max_seconds=60).samples
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream: Any = out.add_stream(codec, rate=rate)
+        frame = av.AudioFrame.from_ndarray(
+            (samples * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("container", "codec", "rate"),
+    [
+        ("mp3", "libmp3lame", 16000),
+        ("mp4", "aac", 16000),
+        ("adts", "aac", 16000),
+        ("ogg", "libopus", 48000),
+        ("webm", "libopus", 48000),
+        ("flac", "flac", 16000),
+        ("aiff", "pcm_s16be", 16000),
+        ("caf", "pcm_s16le", 16000),
+        ("wv", "wavpack", 16000),
+    ],
+)
+def test_common_audio_formats_decode(container: str, codec: str, rate: int) -> None:
+    """The containers people send audio in are all on the demuxer allow-list."""
+    audio = decode(_encoded(container, codec, rate), max_seconds=60)
+    assert abs(audio.duration - 3.96) < 0.1

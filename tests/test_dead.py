@@ -106,3 +106,24 @@ async def test_dead_letters_do_not_keep_uploads_forever(fast: Settings, redis: R
     assert 0 < await redis.ttl(keys.audio(job_id)) <= 3600
     assert await DeadLetters(Store(redis, settings)).purge([job_id]) == 1
     assert not await redis.exists(keys.audio(job_id))
+
+
+async def test_retry_all_keeps_a_letter_whose_record_name_holds_foreign_data(
+    settings: Settings, redis: RedisClient, tmp_path: Path
+) -> None:
+    """`dead retry --all` keeps (and explains) a letter whose job's record name still holds a
+    planted key, and retries the others."""
+    keys = Keys(settings.prefix)
+    await redis.set(keys.job("planted"), b"not a record")
+    await redis.xadd(keys.stream, {"audio": str(FIXTURES / "hello.wav"), "job_id": "planted"})
+    client = Client(redis, settings)
+    late = tmp_path / "late.wav"
+    await client.submit(late, job_id="late")
+    await burst(settings, redis, FakeTranscriber())
+    shutil.copy(FIXTURES / "hello.wav", late)
+    out = run_cli("dead", "retry", "--all", env=runner_env(settings))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "retried late" in lines
+    assert any(line.startswith("kept ") and "holds a string" in line for line in lines), lines
+    assert (await client.status("late")).state is JobState.QUEUED
