@@ -207,6 +207,7 @@ local function begin_attempt(c, entry, job_id, job_digest, fields, deliveries)
       end
       redis.call('XACK', stream, c.group, entry)
       redis.call('XDEL', stream, entry)
+      redis.call('HDEL', c.index, entry)
       return {'duplicate', state}
     end
     if is_terminal(state) then
@@ -224,6 +225,14 @@ local function begin_attempt(c, entry, job_id, job_digest, fields, deliveries)
 
   local history = decode_or(h[6], {})
   local last_error = h[7] or ''
+  local last = history[#history]
+  if state == 'running' and previous == c.consumer and type(last) == 'table'
+      and last.worker == c.consumer and tonumber(last.delivery) == tonumber(deliveries) then
+    -- This very delivery was begun already: a call retried after its reply was lost. The
+    -- attempt it started is the one to run, not another to charge.
+    return {'ok', redis.call('HGET', job, 'fence'), attempts, deliveries,
+      redis.call('EXISTS', ckpt)}
+  end
   if state == 'running' and previous and previous ~= '' then
     -- The last attempt never ended: its worker died or froze past its lease.
     last_error = 'attempt ' .. attempts .. ' on ' .. previous .. ' did not finish'
