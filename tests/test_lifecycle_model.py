@@ -1201,7 +1201,7 @@ def test_lifecycle_model(tmp_path_factory: pytest.TempPathFactory) -> None:
         run_state_machine_as_test(
             LifecycleMachine,
             settings=hsettings(
-                max_examples=80,
+                max_examples=60,
                 stateful_step_count=80,
                 deadline=None,
                 database=None,
