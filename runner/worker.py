@@ -802,24 +802,40 @@ class Worker:
     ) -> None:
         """Fail and dead-letter an entry that never became an attempt (it could not be parsed,
         or its job id belongs to another job)."""
-        await self._redis(
-            "fail",
-            lambda: self.store.fail(
-                job_id,
-                entry_id=prepared.entry_id,
-                fence=None,
-                reason=error.reason,
-                error=error.message,
-                worker=self.name,
-                fields=prepared.fields,
-                record=record,
-                error_class=ErrorClass.JOB,
-                truncated=prepared.truncated,
-            ),
-        )
+        await self._end_entry(prepared, job_id, error.reason, error.message, record=record)
         self.failed += 1
         self.metrics.jobs.labels("failed").inc()
         log.warning("job.failed", job_id=job_id, reason=error.reason, error=error.message)
+
+    async def _end_entry(
+        self,
+        prepared: _Prepared,
+        job_id: str,
+        reason: str,
+        error: str,
+        *,
+        state: JobState = JobState.FAILED,
+        record: bool = True,
+        error_class: ErrorClass = ErrorClass.JOB,
+    ) -> None:
+        """End an entry that has no attempt (so no token): dead-letter it and acknowledge it."""
+        await self._redis(
+            "fail",
+            partial(
+                self.store.fail,
+                job_id,
+                entry_id=prepared.entry_id,
+                fence=None,
+                reason=reason,
+                error=error,
+                worker=self.name,
+                fields=prepared.fields,
+                state=state,
+                record=record,
+                error_class=error_class,
+                truncated=prepared.truncated,
+            ),
+        )
 
     async def _internal(self, prepared: _Prepared, exc: BaseException) -> None:
         """An entry failed for a reason of the runner's own: try it again after a pause, and
@@ -875,21 +891,14 @@ class Worker:
         job_id = _job_id_of(prepared)
         for record in (True, False):
             try:
-                await self._redis(
-                    "fail",
-                    lambda record=record: self.store.fail(  # type: ignore[misc]
-                        job_id,
-                        entry_id=prepared.entry_id,
-                        fence=None,
-                        reason="internal",
-                        error=error,
-                        worker=self.name,
-                        fields=prepared.fields,
-                        state=JobState.DEAD,
-                        record=record,
-                        error_class=ErrorClass.INTERNAL,
-                        truncated=prepared.truncated,
-                    ),
+                await self._end_entry(
+                    prepared,
+                    job_id,
+                    "internal",
+                    error,
+                    state=JobState.DEAD,
+                    record=record,
+                    error_class=ErrorClass.INTERNAL,
                 )
                 return
             except TransientError:
