@@ -22,9 +22,7 @@ redis.call('HSET', job, 'state', 'cancelled', 'finished_at', t, 'reason', 'cance
   'error', 'cancelled by request', 'ended_fence', '')
 redis.call('EXPIRE', job, tonumber(ARGV[4]))
 if entry then
-  redis.call('XACK', stream, ARGV[2], entry)
-  redis.call('XDEL', stream, entry)
-  redis.call('HDEL', KEYS[4], entry)
+  drop_entry(stream, ARGV[2], KEYS[4], entry)
 end
 redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
 redis.call('HINCRBY', KEYS[8], 'cancelled', 1)

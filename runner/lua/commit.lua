@@ -29,11 +29,9 @@ local function commit_one(fence, entry, job_id, worker, result_json, event_data)
   redis.call('HSET', job, 'state', 'completed', 'finished_at', t, 'ended_fence', fence)
   redis.call('HDEL', job, 'error', 'reason')
   redis.call('EXPIRE', job, ttl)
-  redis.call('XACK', stream, group, entry)
-  redis.call('XDEL', stream, entry)
+  drop_entry(stream, group, index, entry)
   redis.call('DEL', job_key(prefix, 'ckpt', job_id), job_key(prefix, 'segs', job_id),
     job_key(prefix, 'audio', job_id))
-  redis.call('HDEL', index, entry)
   redis.call('HINCRBY', counts, 'completed', 1)
   emit(events, maxlen, 'job.completed', t, job_id, worker, event_data)
   return 1

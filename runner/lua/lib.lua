@@ -19,6 +19,13 @@ local function pending_owner(stream, group, entry)
   return p[1][2], p[1][4]
 end
 
+-- An entry is done with: acknowledged, deleted from the stream and from the entries index.
+local function drop_entry(stream, group, index, entry)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+  redis.call('HDEL', index, entry)
+end
+
 local function is_terminal(state)
   return state == 'completed' or state == 'failed' or state == 'dead' or state == 'cancelled'
 end
@@ -149,9 +156,7 @@ local function end_job(c, e)
       'deliveries', e.deliveries or '', 'history', history, 'truncated', e.truncated or '0',
       'time', t)
   end
-  redis.call('XACK', c.stream, c.group, e.entry)
-  redis.call('XDEL', c.stream, e.entry)
-  redis.call('HDEL', c.index, e.entry)
+  drop_entry(c.stream, c.group, c.index, e.entry)
   if already then return 1 end
   local data = cjson.encode({reason = e.reason, error = e.error, error_class = e.error_class})
   if ours or unrecorded then
@@ -205,15 +210,11 @@ local function begin_attempt(c, entry, job_id, job_digest, fields, deliveries)
       if digest ~= job_digest then
         return {'conflict', state}
       end
-      redis.call('XACK', stream, c.group, entry)
-      redis.call('XDEL', stream, entry)
-      redis.call('HDEL', c.index, entry)
+      drop_entry(stream, c.group, c.index, entry)
       return {'duplicate', state}
     end
     if is_terminal(state) then
-      redis.call('XACK', stream, c.group, entry)
-      redis.call('XDEL', stream, entry)
-      redis.call('HDEL', c.index, entry)
+      drop_entry(stream, c.group, c.index, entry)
       return {'done', state}
     end
   else
