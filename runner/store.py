@@ -80,6 +80,15 @@ def decode_fields(raw: Mapping[bytes, bytes]) -> tuple[dict[str, str], bool]:
     return fields, truncated
 
 
+def _hashes(replies: Sequence[Any]) -> list[Any]:
+    """HGETALL replies read with `raise_on_error=False`: a key of another type at a record's
+    name is no record of ours (empty); any other error (NOPERM, say) is raised."""
+    for reply in replies:
+        if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
+            raise reply
+    return [{} if isinstance(reply, ResponseError) else reply for reply in replies]
+
+
 @dataclass(frozen=True, slots=True)
 class Enqueued:
     """What a submission did: added the job, or found its id taken (by the same job or not)."""
@@ -435,7 +444,6 @@ class Store:
         record: bool = True,
         dead_letter: bool = True,
         error_class: ErrorClass = ErrorClass.JOB,
-        deliveries: int | None = None,
         truncated: bool = False,
     ) -> bool:
         """End a job without a result and acknowledge its entry (fenced when `fence` is given).
@@ -456,7 +464,7 @@ class Store:
             json.dumps(dict(fields), ensure_ascii=False),
             1 if record else 0,
             1 if dead_letter else 0,
-            "" if deliveries is None else deliveries,
+            "",  # deliveries: known to the scripts that start attempts, not here
             1 if truncated else 0,
         ]
         return bool(await self._fail(keys=self._batch_keys(), args=args))
@@ -573,7 +581,7 @@ class Store:
     ) -> bool:
         """Hand a job back for any worker to take, at once or after `delay` seconds;
         `charge=False` refunds the attempt."""
-        idle_ms = max(0, int((self.settings.lease_seconds - delay) * 1000) + 1)
+        idle_ms = self._idle_ms(delay)
         reply = await self._release(
             keys=[self.keys.job(job_id), self.keys.stream, self.keys.events],
             args=[
@@ -594,11 +602,14 @@ class Store:
     async def defer(self, consumer: str, entry_id: str, delay: float) -> bool:
         """Leave an entry this consumer could not start for a reclaim to take after `delay`
         seconds (counting a delivery then); False when it is not ours."""
-        idle_ms = max(0, int((self.settings.lease_seconds - delay) * 1000) + 1)
         reply = await self._defer(
-            keys=[self.keys.stream], args=[GROUP, consumer, entry_id, idle_ms]
+            keys=[self.keys.stream], args=[GROUP, consumer, entry_id, self._idle_ms(delay)]
         )
         return bool(reply)
+
+    def _idle_ms(self, delay: float) -> int:
+        """The idle time that makes a reclaim take an entry `delay` seconds from now."""
+        return max(0, int((self.settings.lease_seconds - delay) * 1000) + 1)
 
     async def deliveries(self, entry_id: str) -> int:
         """How many times a pending entry was delivered (0: not pending)."""
@@ -676,30 +687,18 @@ class Store:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.job(job_id))
             pipe.hgetall(self.keys.checkpoint(job_id))
-            raw, checkpoint = await pipe.execute(raise_on_error=False)
-        # A key of another type at the record's name is no job of ours; other errors
-        # (NOPERM, say) are what they are.
-        for reply in (raw, checkpoint):
-            if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
-                raise reply
-        if not raw or isinstance(raw, ResponseError):
+            raw, checkpoint = _hashes(await pipe.execute(raise_on_error=False))
+        if not raw:
             raise JobNotFound(job_id)
-        if isinstance(checkpoint, ResponseError):
-            checkpoint = None
         return JobStatus.from_hash(job_id, raw, checkpoint)
 
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(self.keys.job(job_id))
-            replies = await pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, ResponseError) and not str(reply).startswith("WRONGTYPE"):
-                raise reply
+            replies = _hashes(await pipe.execute(raise_on_error=False))
         return {
-            job_id: JobStatus.from_hash(job_id, raw)
-            if raw and not isinstance(raw, ResponseError)
-            else None
+            job_id: JobStatus.from_hash(job_id, raw) if raw else None
             for job_id, raw in zip(job_ids, replies, strict=True)
         }
 
