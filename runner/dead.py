@@ -106,7 +106,9 @@ class DeadLetters:
 
     async def retry(self, ref: str) -> str:
         """Resubmit a dead letter as a fresh job with the same id and fields; returns the id."""
-        letter = await self.find(ref)
+        return await self._resubmit(await self.find(ref), ref)
+
+    async def _resubmit(self, letter: DeadLetter, ref: str) -> str:
         fields = {**letter.fields, "job_id": letter.job_id}
         try:
             digest = Job.from_fields(fields, entry_id=letter.job_id).digest()
@@ -154,13 +156,13 @@ class DeadLetters:
         kept: list[tuple[str, str]] = []
         after = "-"
         while entries := await self.store.redis.xrange(self.store.keys.dead, min=after, count=100):
-            for entry_id, raw in entries:
-                letter = DeadLetter.from_entry(entry_id, raw)
+            letters = [DeadLetter.from_entry(i, f) for i, f in entries]
+            for letter in letters:
                 try:
-                    retried.append(await self.retry(letter.id))
+                    retried.append(await self._resubmit(letter, letter.id))
                 except InvalidJob as exc:
                     kept.append((letter.id, exc.message))
-            after = "(" + DeadLetter.from_entry(*entries[-1]).id
+            after = "(" + letters[-1].id
         return retried, kept
 
     async def purge(self, refs: Sequence[str] = ()) -> int:
@@ -172,7 +174,7 @@ class DeadLetters:
             return int(await self._purge(keys=[keys.dead], args=[keys.prefix, *ids]))
         removed = 0
         while entries := await self.store.redis.xrange(keys.dead, count=100):
-            ids = [DeadLetter.from_entry(i, f).id for i, f in entries]
+            ids = [entry_id.decode() for entry_id, _ in entries]
             removed += int(await self._purge(keys=[keys.dead], args=[keys.prefix, *ids]))
         return removed
 
