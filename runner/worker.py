@@ -169,7 +169,7 @@ class Worker:
         try:
             await self.store.publish(event, worker=self.name, data=data)
         except Exception as exc:  # a task of the worker's own: nothing here may end it
-            log.warning("event.lost", event_type=event, error=str(exc) or type(exc).__name__)
+            log.warning("event.lost", event_type=event, error=_why(exc))
 
     async def run(self) -> None:
         """Run until stopped (or, in burst mode, until nothing is left for this worker)."""
@@ -298,11 +298,10 @@ class Worker:
                         await self.store.ensure_group()
                 elif is_transient(exc):
                     if failures == 0:
-                        error = str(exc) or type(exc).__name__
-                        log.warning("worker.redis_unavailable", error=error)
+                        log.warning("worker.redis_unavailable", error=_why(exc))
                 else:
                     # Nothing read or reclaimed may end the worker: say what failed, and wait.
-                    log.exception("worker.read_failed", error=str(exc) or type(exc).__name__)
+                    log.exception("worker.read_failed", error=_why(exc))
                 await anyio.sleep(backoff(failures))
                 failures += 1
                 continue
@@ -459,10 +458,7 @@ class Worker:
             except Exception as exc:
                 # A lease not renewed now is renewed at the next beat, or reclaimed: no reason
                 # to stop the worker.
-                if is_transient(exc):
-                    log.warning("lease.renew_failed", error=str(exc) or type(exc).__name__)
-                else:
-                    log.exception("lease.renew_failed", error=str(exc) or type(exc).__name__)
+                _report("lease.renew_failed", exc)
 
     async def _renew(self) -> None:
         attempts = list(self.running.values())
@@ -506,10 +502,7 @@ class Worker:
             _, pending, lag = await queue_depth(self.store.redis, self.store.keys)
         except Exception as exc:
             self._redis_ok = False
-            if is_transient(exc):
-                log.warning("worker.liveness_failed", error=str(exc) or type(exc).__name__)
-            else:
-                log.exception("worker.liveness_failed", error=str(exc) or type(exc).__name__)
+            _report("worker.liveness_failed", exc)
             return
         self._redis_ok = True
         self.metrics.pending.set(pending)
@@ -558,7 +551,7 @@ class Worker:
             idle = await self.store.idle_consumers(_CONSUMER_IDLE_S)
             removed = await self.store.prune_consumers([n for n in idle if n != self.name])
         except Exception as exc:
-            log.warning("consumers.prune_failed", error=str(exc) or type(exc).__name__)
+            log.warning("consumers.prune_failed", error=_why(exc))
             return
         if removed:
             log.info("consumers.pruned", removed=removed)
@@ -577,7 +570,7 @@ class Worker:
             else:
                 # Whatever else escapes is ours (a bug, an engine raising the unexpected): the
                 # job is tried again later, and dead-lettered as `internal` past the limit.
-                log.exception("job.internal_error", error=str(exc) or type(exc).__name__)
+                log.exception("job.internal_error", error=_why(exc))
                 await self._internal(prepared, exc)
         finally:
             if permit is not None:
@@ -907,6 +900,19 @@ class Worker:
                 if not record:
                     raise
                 log.exception("job.bury_failed", job_id=job_id)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _report(event: str, exc: BaseException) -> None:
+    """Log a failure of the worker's own housekeeping: Redis away is a warning; anything else
+    comes with its traceback."""
+    if is_transient(exc):
+        log.warning(event, error=_why(exc))
+    else:
+        log.exception(event, error=_why(exc))
 
 
 def _job_id_of(prepared: _Prepared) -> str:
